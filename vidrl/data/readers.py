@@ -1,0 +1,231 @@
+"""Reading samples from files: Temporal-R1 data configs and records, Charades-STA
+annotations, grounded-QA records, and vidrl's own JSONL/Parquet.
+
+Every reader yields checked `Sample`s and reports bad records to a `SkipLog` (one log
+line each, naming the file, the record and the reason); `load_samples` checks the
+skipped fraction at the end. Nothing here decodes video: `check_videos` only looks at
+the file's existence and size, decoding errors are caught where frames are decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vidrl.data.config import DataConfig, DataFormat
+from vidrl.data.records import (
+    charades_records,
+    check_sample,
+    gqa_record,
+    sample_record,
+    sample_to_record,
+    temporal_r1_record,
+)
+from vidrl.data.sample import Sample
+from vidrl.data.skips import BadRecord, DataError, SkipLog
+from vidrl.overrides import read_yaml_mapping
+
+_STRATEGY = re.compile(r"^(?:(all)|(first|end|random):(\d+)(%?)|(\d+)%)$")
+
+
+def load_samples(path: str | Path, cfg: DataConfig, skips: SkipLog | None = None) -> list[Sample]:
+    """All usable samples of `path`; raises DataError when too many were skipped."""
+    skips = skips or SkipLog(cfg.max_skipped_fraction)
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: data file does not exist")
+    samples = list(_read(path, cfg.format, cfg, skips))
+    if cfg.check_videos:
+        samples = [s for s in samples if _video_present(s, skips)]
+    skips.check(str(path))
+    return samples
+
+
+def _read(path: Path, fmt: DataFormat, cfg: DataConfig, skips: SkipLog) -> Iterator[Sample]:
+    folder = Path(cfg.video_folder) if cfg.video_folder else path.parent
+    fmt = _detect_format(path, fmt)
+    if fmt == "data_config":
+        yield from read_data_config(path, skips, cfg.sampling_seed)
+    elif fmt == "temporal_r1":
+        yield from read_temporal_r1(path, folder, skips)
+    elif fmt == "charades":
+        yield from read_charades(path, folder, skips, cfg.video_extension)
+    elif fmt == "gqa":
+        yield from read_gqa(path, folder, skips)
+    else:
+        yield from read_sample_file(path, skips)
+
+
+def _detect_format(path: Path, fmt: DataFormat) -> DataFormat:
+    """Decide from the extension, then from the shape of the first record."""
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return "data_config"
+    if suffix in (".jsonl", ".parquet"):
+        return "samples"
+    data = _read_json(path)
+    if isinstance(data, dict):
+        return "charades"
+    first = data[0] if isinstance(data, list) and data else {}
+    if isinstance(first, dict) and "problem" in first:
+        return "temporal_r1"
+    if isinstance(first, dict) and "glue" in first:
+        return "gqa"
+    raise DataError(f"{path}: cannot tell the data format from the first record; set data.format")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable JSON file: {err}") from err
+
+
+def _records(path: Path) -> list[Any]:
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def read_temporal_r1(path: Path, data_folder: Path, skips: SkipLog) -> Iterator[Sample]:
+    for index, record in enumerate(_records(path)):
+        where = f"{path}[{index}]"
+        try:
+            yield temporal_r1_record(record, data_folder, where)
+            skips.ok()
+        except BadRecord as err:
+            skips.skip(where, str(err))
+
+
+def read_gqa(path: Path, video_folder: Path, skips: SkipLog) -> Iterator[Sample]:
+    for index, record in enumerate(_records(path)):
+        where = f"{path}[{index}]"
+        try:
+            yield gqa_record(record, video_folder, where)
+            skips.ok()
+        except BadRecord as err:
+            skips.skip(where, str(err))
+
+
+def read_charades(path: Path, video_folder: Path, skips: SkipLog, extension: str) -> Iterator[Sample]:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: Charades-STA annotations are a JSON object {{video id: entry}}")
+    for vid, entry in data.items():
+        try:
+            samples = charades_records(str(vid), entry, video_folder, extension)
+        except BadRecord as err:
+            skips.skip(f"{path}[{vid!r}]", str(err))
+            continue
+        for sample in samples:
+            try:
+                yield check_sample(sample)
+                skips.ok()
+            except BadRecord as err:
+                skips.skip(f"{path}[{sample.id!r}]", str(err))
+
+
+def read_sample_file(path: Path, skips: SkipLog) -> Iterator[Sample]:
+    """vidrl's own samples: JSONL (one object per line) or Parquet (one row per sample)."""
+    for where, record in _sample_rows(path):
+        try:
+            yield sample_record(record, where)
+            skips.ok()
+        except (BadRecord, TypeError) as err:
+            skips.skip(where, str(err))
+
+
+def _sample_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        for index, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}[row {index}]", row
+        return
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                yield f"{path}:{number}", f"not JSON ({err.msg})"
+
+
+def write_samples(path: str | Path, samples: list[Sample]) -> Path:
+    """Write samples as JSONL or Parquet (by extension), readable by `read_sample_file`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [sample_to_record(s) for s in samples]
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_data_config(path: Path, skips: SkipLog, seed: int = 0) -> Iterator[Sample]:
+    """A Temporal-R1 data config: `datasets: [{json_path, data_folder, sampling_strategy}]`.
+
+    Relative paths are taken from the YAML's folder. Strategies: `all`; `first:N`,
+    `end:N`, `random:N` (N a count, or a percentage such as `first:10%`); and a bare
+    `N%`, read as `random:N%`. Random draws are seeded, so a run is reproducible.
+    """
+    spec = read_yaml_mapping(path)
+    entries = spec.get("datasets")
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{path}: expected 'datasets: [{{json_path, data_folder, sampling_strategy}}]'")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "json_path" not in entry:
+            raise DataError(f"{path}: datasets[{index}] needs a json_path, got {entry!r}")
+        json_path = path.parent / str(entry["json_path"])
+        folder = path.parent / str(entry.get("data_folder", "."))
+        strategy = str(entry.get("sampling_strategy", "all"))
+        samples = list(_read(json_path, "auto", _folder_config(folder), skips))
+        yield from apply_strategy(samples, strategy, random.Random(f"{seed}:{index}"), where=f"{path}")
+
+
+def _folder_config(folder: Path) -> DataConfig:
+    return DataConfig(video_folder=str(folder), check_videos=False, max_skipped_fraction=1.0)
+
+
+def apply_strategy(samples: list[Sample], strategy: str, rng: random.Random, where: str) -> list[Sample]:
+    """Keep part of a dataset as a data-config `sampling_strategy` says."""
+    match = _STRATEGY.match(strategy.strip())
+    if match is None:
+        raise DataError(
+            f"{where}: sampling_strategy {strategy!r} is not one of: all, first:N, end:N, random:N, N%"
+        )
+    keep_all, how, count, percent, bare_percent = match.groups()
+    if keep_all:
+        return samples
+    if bare_percent is not None:
+        how, count, percent = "random", bare_percent, "%"
+    n = int(count)
+    size = round(len(samples) * n / 100) if percent else min(n, len(samples))
+    if how == "first":
+        return samples[:size]
+    if how == "end":
+        return samples[len(samples) - size :]
+    return rng.sample(samples, size)
+
+
+def _video_present(sample: Sample, skips: SkipLog) -> bool:
+    video = Path(sample.video)
+    if not video.is_file():
+        skips.skip(f"{video} (sample {sample.id})", "video file is missing", counted=True)
+        return False
+    if video.stat().st_size == 0:
+        skips.skip(f"{video} (sample {sample.id})", "video file is empty (0 bytes)", counted=True)
+        return False
+    return True

@@ -1,0 +1,76 @@
+"""Evaluation metrics: temporal IoU, grounding recall at IoU thresholds, accuracy.
+
+Numbers are reported the way lmms-eval reports Charades-STA, so they line up with published
+tables: mIoU is the mean IoU times 100, and R1@t is the percentage of samples whose top-1 (only)
+prediction has IoU >= t. A prediction that could not be parsed counts as IoU 0.
+
+Departures from lmms-eval's script:
+- a threshold test allows 1e-9 of floating-point noise, so an IoU that is exactly 0.5 in real
+  numbers but came out as 0.49999999999999994 from subtracting decimal seconds still counts;
+- an empty union (a point prediction on a point ground truth) gives IoU 0 instead of dividing by
+  zero, and an empty list of samples gives zeros with `n = 0` instead of raising.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from vidrl.data.sample import Interval
+
+R1_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
+"""IoU thresholds of the R1@t columns, as in lmms-eval's charades_sta and the seed papers."""
+
+_THRESHOLD_SLACK = 1e-9
+"""How far below a threshold an IoU may fall from rounding alone and still count."""
+
+
+def temporal_iou(pred: Interval | None, gt: Interval) -> float:
+    """IoU in [0, 1] of two [start, end] intervals in seconds.
+
+    None (no parsable prediction), a reversed or non-finite prediction, and an empty union all
+    give 0. A malformed ground truth is a data error, not a bad prediction, so it raises.
+    """
+    gt_start, gt_end = gt
+    if not (math.isfinite(gt_start) and math.isfinite(gt_end)) or gt_start > gt_end:
+        raise ValueError(f"ground-truth interval must be finite with start <= end, got {gt}")
+    if pred is None:
+        return 0.0
+    start, end = pred
+    if not (math.isfinite(start) and math.isfinite(end)) or start > end:
+        return 0.0
+    intersection = max(min(end, gt_end) - max(start, gt_start), 0.0)
+    union = max(end, gt_end) - min(start, gt_start)
+    if union <= 0.0:
+        return 0.0
+    return intersection / union
+
+
+def grounding_metrics(ious: Sequence[float]) -> dict[str, float | int]:
+    """mIoU, R1@0.3, R1@0.5, R1@0.7 (all in percent) and `n`, the number of samples.
+
+    `ious` holds one IoU per sample, 0 for unparsed predictions.
+    """
+    n = len(ious)
+    metrics: dict[str, float | int] = {"mIoU": _percent(sum(ious), n)}
+    for threshold in R1_THRESHOLDS:
+        hits = sum(1 for iou in ious if iou >= threshold - _THRESHOLD_SLACK)
+        metrics[f"R1@{threshold}"] = _percent(hits, n)
+    metrics["n"] = n
+    return metrics
+
+
+def accuracy(preds: Sequence[str | None], answers: Sequence[str]) -> float:
+    """Percent of predictions equal to their answer; None (unparsed) is wrong; empty gives 0.
+
+    Both sides are compared as given: normalise letters (case, parentheses) before calling.
+    """
+    if len(preds) != len(answers):
+        raise ValueError(f"{len(preds)} predictions for {len(answers)} answers")
+    correct = sum(1 for pred, answer in zip(preds, answers, strict=True) if pred == answer)
+    return _percent(correct, len(answers))
+
+
+def _percent(total: float, n: int) -> float:
+    # An empty evaluation reports 0 rather than failing: the caller also reports n = 0.
+    return 100.0 * total / n if n else 0.0

@@ -1,0 +1,55 @@
+"""LearnerConfig: ranks, optimizer, schedule, micro-batching, precision, export, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from vidrl.configbase import StrictConfig
+from vidrl.learner.loss_config import LossConfig
+
+
+class LearnerConfig(StrictConfig):
+    num_ranks: int = Field(2, ge=1)
+    """torch.distributed ranks (Ray actors) that shard the policy with FSDP2."""
+    cpus_per_rank: float = Field(1.0, gt=0)
+    """CPUs reserved for each rank's actor."""
+    gpus_per_rank: float = Field(0.0, ge=0)
+    """GPUs reserved for each rank's actor (0 on CPU machines)."""
+    lr: float = Field(1e-6, gt=0)
+    """Peak learning rate of AdamW."""
+    weight_decay: float = Field(1e-2, ge=0)
+    """AdamW decoupled weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    adam_eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear warmup from 0 to lr."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After warmup: keep lr, or decay it along a cosine to min_lr_ratio * lr at total_steps."""
+    total_steps: int = Field(1000, ge=1)
+    """Optimizer steps the cosine schedule spans."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Floor of the cosine schedule, as a fraction of lr."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value (None: no clipping)."""
+    max_tokens_per_microbatch: int = Field(8192, ge=16)
+    """Token budget of one forward/backward; groups are packed into micro-batches under it."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of forward/backward compute (FSDP2 mixed precision); master weights stay float32."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    shared_prefix: bool = True
+    """Pack each group as one sequence whose prompt (video included) is computed once."""
+    old_logprobs: Literal["rollout", "recompute"] = "rollout"
+    """Old log-probs of the ratio: the rollout engine's, or recomputed by the learner before the update."""
+    reference_offload: bool = False
+    """Keep the frozen reference model's shards in CPU memory between uses (GPU runs)."""
+    weight_bucket_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    """Upper bound of one weight bucket published to the object store."""
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernel: auto = flash-attn 2 on GPUs where installed, else PyTorch SDPA."""
+    loss: LossConfig = LossConfig()
+    """The GRPO objective: advantages, clipping, KL, entropy, aggregation."""

@@ -1,0 +1,280 @@
+"""The builtin per-sample rewards: format, temporal IoU, option accuracy, glue IoU, box IoU.
+
+Each is a pure, TOTAL function `(response, sample, **kwargs) -> float | None`: any string
+(garbage, huge, unicode, nested tags) gives a number in [0, 1] and never an exception;
+None means only "this reward does not apply to this sample's task". The registry adapts
+them to the batch contract of `vidrl.rewards.types`.
+
+Where we depart from the references (Temporal-R1, VideoChat-R1):
+- Predicted intervals are clamped to [0, duration] and must have start < end after
+  clamping, else IoU 0; the references neither clamp nor check order, so a reversed or
+  huge interval could still earn IoU.
+- Option letters must be unambiguous (`parse_letter`): "A or B" scores 0, not 1.
+- Boxes are clamped to [0, 1] and a degenerate box scores 0 on its frame; the number of
+  boxes must equal the ground truth's (VideoChat-R1 hard-codes 8).
+- The tag grammars are checked with anchored scans equivalent to the references' regexes
+  (`<think>.*?</think>\\s*<answer>.*?</answer>` fullmatch, DOTALL), which backtrack
+  quadratically on responses full of tags; `tests/test_rewards.py` checks the equivalence.
+- For gqa the tag grammars include VideoChat-R1's `\\s*<glue>.*?</glue>` after the answer,
+  since the supporting intervals are written there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Literal
+
+from vidrl.data.answers import (
+    IntervalStyle,
+    extract_answer,
+    parse_boxes,
+    parse_glue,
+    parse_interval,
+    parse_letter,
+)
+from vidrl.data.sample import Box, Interval, Sample
+
+FormatGrammar = Literal[
+    "tags", "tags+task", "answer_only", "answer_only+task", "tags_json_tvg", "answer_json_tvg"
+]
+"""tags: `<think>.*?</think>\\s*<answer>.*?</answer>` fullmatch (gqa: plus `<glue>` block);
+answer_only: `\\s*<answer>.*?</answer>\\s*` for the no-thinking prompt; `+task`: the same and
+the answer parses for the sample's task; tags_json_tvg / answer_json_tvg: Temporal-R1's strict
+JSON grammar (tvg only)."""
+
+# Temporal-R1's format regex; `[\d.]++` is possessive only to avoid backtracking (a `"`
+# must follow, so the greedy match is the only one that can succeed).
+_JSON_TVG_BODY = (
+    r'<answer>\s*\{\s*"start_time"\s*:\s*"([\d.]++)"\s*,\s*"end_time"\s*:\s*"([\d.]++)"\s*\}'
+    r"\s*</answer>"
+)
+_TAGS_JSON_TVG = re.compile(r"<think>.*?</think>\s*" + _JSON_TVG_BODY, re.DOTALL)
+_ANSWER_JSON_TVG = re.compile(r"\s*" + _JSON_TVG_BODY + r"\s*", re.DOTALL)
+_SEPARATORS = {
+    ("think", "answer"): re.compile(r"</think>\s*<answer>"),
+    ("answer", "glue"): re.compile(r"</answer>\s*<glue>"),
+}
+
+
+def format_reward(
+    response: str,
+    sample: Sample,
+    grammar: FormatGrammar = "tags",
+    style: IntervalStyle = "any",
+    strip: bool = True,
+) -> float | None:
+    """1.0 if the response follows the answer grammar, else 0.0.
+
+    strip: ignore whitespace around the whole response first (VideoChat-R1 does,
+    Temporal-R1 does not). style: the interval style a tvg answer must parse in (`+task`).
+    The JSON grammars apply to tvg samples only (None otherwise).
+    """
+    text = response.strip() if strip else response
+    if grammar in ("tags_json_tvg", "answer_json_tvg"):
+        if sample.task != "tvg":
+            return None
+        pattern = _TAGS_JSON_TVG if grammar == "tags_json_tvg" else _ANSWER_JSON_TVG
+        return 1.0 if pattern.fullmatch(text) else 0.0
+    thinking = grammar.startswith("tags")
+    tags = ["think", "answer"] if thinking else ["answer"]
+    if sample.task == "gqa":
+        tags.append("glue")
+    # answer_only's grammar itself allows whitespace around the tags.
+    if not _is_tag_chain(text if thinking else text.strip(), tags):
+        return 0.0
+    if grammar.endswith("+task") and not answer_is_well_formed(text, sample, style):
+        return 0.0
+    return 1.0
+
+
+def answer_is_well_formed(response: str, sample: Sample, style: IntervalStyle = "any") -> bool:
+    """Whether the response's answer parses as the sample's task requires.
+
+    tvg: an interval with 0 <= start < end; mcq: exactly one valid option letter; gqa: that
+    letter and a glue list of 0 <= start <= end pairs (at least one); track: as many boxes
+    as the ground truth has (at least one).
+    """
+    answer = extract_answer(response)
+    if answer is None:
+        return False
+    if sample.task == "tvg":
+        pair = parse_interval(answer, style)
+        return pair is not None and 0 <= pair[0] < pair[1]
+    letter = parse_letter(answer, len(sample.options) or None)
+    if sample.task == "mcq":
+        return letter is not None
+    if sample.task == "gqa":
+        glue = parse_glue(response)
+        return letter is not None and bool(glue) and all(0 <= s <= e for s, e in glue)
+    boxes = parse_boxes(answer)
+    return boxes is not None and (not sample.boxes or len(boxes) == len(sample.boxes))
+
+
+def tvg_iou(
+    response: str, sample: Sample, style: IntervalStyle = "any", normalize: bool = False
+) -> float | None:
+    """Temporal IoU of the answered interval with the ground truth (tvg only).
+
+    The prediction is clamped to [0, duration]; start >= end after clamping scores 0.
+    normalize: divide all times by the duration first, as Temporal-R1 does (the same IoU
+    up to rounding; kept so that preset reproduces their numbers bit for bit).
+    """
+    if sample.task != "tvg" or not sample.timestamps:
+        return None
+    answer = extract_answer(response)
+    pair = None if answer is None else parse_interval(answer, style)
+    if pair is None:
+        return 0.0
+    start, end = _clamp_interval(pair, sample.duration)
+    if not start < end:
+        return 0.0
+    gt_start, gt_end = sample.interval
+    if normalize and sample.duration > 0:
+        duration = sample.duration
+        start, end, gt_start, gt_end = (t / duration for t in (start, end, gt_start, gt_end))
+    return interval_iou((start, end), (gt_start, gt_end))
+
+
+def mcq_accuracy(response: str, sample: Sample) -> float | None:
+    """1.0 if the answer names exactly one option and it is the right one (mcq only)."""
+    if sample.task != "mcq":
+        return None
+    return _letter_accuracy(response, sample)
+
+
+def gqa_accuracy(response: str, sample: Sample) -> float | None:
+    """1.0 if the answer names exactly one option and it is the right one (gqa only)."""
+    if sample.task != "gqa":
+        return None
+    return _letter_accuracy(response, sample)
+
+
+def gqa_iou(response: str, sample: Sample) -> float | None:
+    """IoU of the merged `<glue>` intervals with the merged ground-truth intervals (gqa).
+
+    Each predicted interval is clamped to [0, duration]; empty or reversed ones are
+    dropped. IoU = length of the intersection of the two unions / length of their union.
+    """
+    if sample.task != "gqa" or not sample.timestamps:
+        return None
+    predicted = []
+    for pair in parse_glue(response):
+        start, end = _clamp_interval(pair, sample.duration)
+        if start < end:
+            predicted.append((start, end))
+    return merged_iou(predicted, sample.timestamps)
+
+
+def track_iou(response: str, sample: Sample) -> float | None:
+    """Mean box IoU over the frames (track only); a wrong number of boxes scores 0.
+
+    Predicted boxes are clamped to [0, 1]; a degenerate box (x1 <= x0 or y1 <= y0 after
+    clamping) scores 0 on its frame.
+    """
+    if sample.task != "track" or not sample.boxes:
+        return None
+    answer = extract_answer(response)
+    boxes = None if answer is None else parse_boxes(answer)
+    if boxes is None or len(boxes) != len(sample.boxes):
+        return 0.0
+    ious = [box_iou(_clamp_box(p), g) for p, g in zip(boxes, sample.boxes, strict=True)]
+    return _unit(sum(ious) / len(ious))
+
+
+def interval_iou(a: Interval, b: Interval) -> float:
+    """max(min(ends) - max(starts), 0) / (max(ends) - min(starts)); 0 if that is empty."""
+    inter = max(min(a[1], b[1]) - max(a[0], b[0]), 0.0)
+    hull = max(a[1], b[1]) - min(a[0], b[0])
+    return _unit(inter / hull) if hull > 0 else 0.0
+
+
+def merged_iou(predicted: Sequence[Interval], truth: Sequence[Interval]) -> float:
+    """IoU of two interval sets, each taken as the union of its intervals."""
+    a, b = merge_intervals(predicted), merge_intervals(truth)
+    inter = _intersection_length(a, b)
+    union = _total_length(a) + _total_length(b) - inter
+    return _unit(inter / union) if union > 0 else 0.0
+
+
+def merge_intervals(intervals: Sequence[Interval]) -> list[Interval]:
+    """Sorted, disjoint intervals covering the same points (reversed/empty ones dropped)."""
+    merged: list[Interval] = []
+    for start, end in sorted(i for i in intervals if i[0] < i[1]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Area IoU of two `[x0, y0, x1, y1]` boxes; 0 if either is degenerate."""
+    if not (a[2] > a[0] and a[3] > a[1] and b[2] > b[0] and b[3] > b[1]):
+        return 0.0
+    inter_w = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    inter_h = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return _unit(inter / union) if union > 0 else 0.0
+
+
+def _letter_accuracy(response: str, sample: Sample) -> float | None:
+    truth = None if sample.answer is None else parse_letter(sample.answer)
+    if truth is None:
+        return None  # no usable ground truth: not scoreable rather than always wrong
+    answer = extract_answer(response)
+    chosen = None if answer is None else parse_letter(answer, len(sample.options) or None)
+    return 1.0 if chosen == truth else 0.0
+
+
+def _is_tag_chain(text: str, tags: Sequence[str]) -> bool:
+    """Whether `<t1>.*?</t1>\\s*<t2>.*?</t2>...` (DOTALL) fullmatches `text`, in linear time.
+
+    The pattern matches iff the text opens with `<t1>`, closes with `</tn>`, and the
+    separators `</ti>\\s*<ti+1>` occur in order, without overlap, in between: the contents
+    are free, so taking each separator at its earliest match is always a valid split.
+    """
+    opening, closing = f"<{tags[0]}>", f"</{tags[-1]}>"
+    pos, end = len(opening), len(text) - len(closing)
+    if pos > end or not (text.startswith(opening) and text.endswith(closing)):
+        return False
+    for pair in pairwise(tags):
+        found = _SEPARATORS[pair].search(text, pos, end)
+        if found is None:
+            return False
+        pos = found.end()
+    return True
+
+
+def _clamp_interval(pair: tuple[float, float], duration: float) -> tuple[float, float]:
+    upper = duration if math.isfinite(duration) and duration > 0 else math.inf
+    return min(max(pair[0], 0.0), upper), min(max(pair[1], 0.0), upper)
+
+
+def _clamp_box(box: Box) -> Box:
+    x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in box)
+    return (x0, y0, x1, y1)
+
+
+def _intersection_length(a: list[Interval], b: list[Interval]) -> float:
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        overlap = min(a[i][1], b[j][1]) - max(a[i][0], b[j][0])
+        total += max(overlap, 0.0)
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def _total_length(intervals: list[Interval]) -> float:
+    return sum(end - start for start, end in intervals)
+
+
+def _unit(value: float) -> float:
+    """Clip to [0, 1]: guards only against rounding at the edges, and maps nan to 0."""
+    return min(max(value, 0.0), 1.0) if value == value else 0.0
