@@ -31,12 +31,12 @@ demo: $(STAMP)
 	$(BIN)/vidrl demo --out runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check vidrl tests bench scripts
-	$(BIN)/ruff format --check vidrl tests bench scripts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(STAMP)
-	$(BIN)/ruff format vidrl tests bench scripts
-	$(BIN)/ruff check --fix vidrl tests bench scripts
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: lint
 	$(BIN)/python -m pytest -q
