@@ -1,0 +1,144 @@
+"""Checkpoints that resume exactly, and never load a pickle.
+
+    step_000050/
+      hf/                       the model in Hugging Face format (safetensors + the model
+                                folder's config, tokenizer and processor files): loadable by
+                                transformers and vLLM
+      state/                    model and optimizer shards, written by torch.distributed.checkpoint
+                                through its Hugging Face storage (safetensors, one file per rank)
+      trainer_state.json        step, scheduler, learning rates, the caller's extra state
+      rng_rank{R}.json          each rank's torch RNG state
+
+Why DCP's Hugging Face storage and not its default: the default writes its metadata with
+pickle and reads it back with pickle.load; the safetensors storage keeps the metadata in the
+files' JSON headers, so nothing in a checkpoint is ever unpickled. Non-tensor optimizer
+entries (learning rates, betas) go to trainer_state.json instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from vidrl.learner.worker import LearnerWorker
+
+MODEL_FOLDER_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
+
+
+def save_checkpoint(worker: LearnerWorker, path: str, extra_state: dict[str, Any]) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    root = Path(path)
+    _save_hf_model(worker, root / "hf")
+    state = _tensor_state(worker)
+    dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(root / "state"), save_distributed=True))
+    rng = torch.get_rng_state().tolist()
+    (root / f"rng_rank{worker.rank}.json").write_text(json.dumps(rng))
+    if worker.rank == 0:
+        trainer = {
+            "step": worker.step,
+            "scheduler": _jsonable(worker.scheduler.state_dict()),
+            "lrs": [group["lr"] for group in worker.optimizer.param_groups],
+            "extra": extra_state,
+        }
+        (root / "trainer_state.json").write_text(json.dumps(trainer, indent=2))
+    dist.barrier()
+
+
+def load_checkpoint(worker: LearnerWorker, path: str) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    root = Path(path)
+    state = _tensor_state(worker)
+    dcp.load(state, storage_reader=HuggingFaceStorageReader(str(root / "state")))
+    model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    optim_state = {k.removeprefix("optim."): v for k, v in state.items() if k.startswith("optim.")}
+    options = StateDictOptions(flatten_optimizer_state_dict=True)
+    full_optim = _optimizer_flat_state(worker) | optim_state
+    set_state_dict(
+        worker.model,
+        worker.optimizer,
+        model_state_dict=model_state,
+        optim_state_dict=full_optim,
+        options=options,
+    )
+    trainer = json.loads((root / "trainer_state.json").read_text())
+    worker.scheduler.load_state_dict(trainer["scheduler"])
+    for group, lr in zip(worker.optimizer.param_groups, trainer["lrs"], strict=True):
+        group["lr"] = lr
+    worker.step = int(trainer["step"])
+    rng = json.loads((root / f"rng_rank{worker.rank}.json").read_text())
+    torch.set_rng_state(torch.tensor(rng, dtype=torch.uint8))
+    return dict(trainer["extra"])
+
+
+def _tensor_state(worker: LearnerWorker) -> dict[str, torch.Tensor]:
+    """Model and flattened optimizer state, tensors only, keys prefixed model./optim."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    model = {f"model.{k}": v for k, v in get_model_state_dict(worker.model).items()}
+    optim = {f"optim.{k}": v for k, v in _optimizer_flat_state(worker).items() if isinstance(v, torch.Tensor)}
+    return model | optim
+
+
+def _optimizer_flat_state(worker: LearnerWorker) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(flatten_optimizer_state_dict=True)
+    return dict(get_optimizer_state_dict(worker.model, worker.optimizer, options=options))
+
+
+def materialise_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create AdamW's per-parameter state now (step 0, zero moments), as its first step would."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param not in optimizer.state:
+                optimizer.state[param] = {
+                    "step": torch.zeros((), dtype=torch.float32),
+                    "exp_avg": torch.zeros_like(param),
+                    "exp_avg_sq": torch.zeros_like(param),
+                }
+
+
+def _save_hf_model(worker: LearnerWorker, folder: Path) -> None:
+    """Full weights gathered on rank 0 (CPU), written as safetensors beside the model's files."""
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(worker.model, options=options)
+    if worker.rank != 0:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in full.items():
+        if tensor.data_ptr() in seen:  # tied weights (lm_head = embeddings) are stored once
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.contiguous()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    source = Path(worker.model_path)
+    for pattern in MODEL_FOLDER_FILES:
+        for file in source.glob(pattern):
+            if file.name != "model.safetensors.index.json":
+                shutil.copy2(file, folder / file.name)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return None  # LambdaLR keeps its lambdas here: rebuilt from the config, not saved

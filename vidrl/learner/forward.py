@@ -1,0 +1,286 @@
+"""Per-token log-probs (and entropies) of responses under a Qwen2.5-VL policy, in two layouts.
+
+`response_logprobs_shared` runs one packed sequence per group (`vidrl.learner.prefix`): the
+prompt and its video once, then all G responses behind a prefix-sharing 4D attention mask.
+`response_logprobs_plain` runs the same groups the ordinary way, G sequences of prompt +
+response, each with its own copy of the video through the vision encoder. Both return the same
+records and are differentiable, so the shared layout can be checked against the plain one (it
+must agree to rounding) and used in its place for policy, old and reference log-probs.
+
+Vision inputs (`pixel_values_videos`, `video_grid_thw`) come from the processor once per prompt
+and are passed in by the caller; prompt positions come from `prompt_position_ids`.
+
+Where it departs from the references:
+- `prompt_position_ids` follows the multimodal rotary rule of Qwen's reference code and of vLLM
+  (text after a video continues from the largest position so far, plus one; video temporal
+  positions are floor(t * second_per_grid * tokens_per_second)). transformers 5.19's
+  `get_rope_index` continues text after a video from its spatial extent instead; the two agree
+  whenever the temporal positions do not outrun the spatial ones (short or densely sampled
+  clips). We follow vLLM so that learner log-probs match the rollout engine's.
+- Logits are kept only from the first row that predicts a response token onwards (the
+  model's `logits_to_keep`), so a long prompt costs no vocabulary projection.
+- Only SDPA and eager attention can take the prefix mask; flash-attn's variable-length kernel
+  cannot express "prompt plus own response", so the shared layout refuses it (the plain layout
+  works with any attention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vidrl.learner.prefix import (
+    PackedBatch,
+    PackedGroup,
+    batch_groups,
+    response_mask,
+    split_group,
+    unpack_responses,
+)
+
+# Attention implementations that read an explicit 4D mask from the model's forward.
+MASKABLE_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class VisionInputs:
+    """One prompt's video as the processor gives it; computed once, reused by every layout.
+
+    pixel_values_videos: [patches, channels * temporal_patch * patch * patch] float.
+    video_grid_thw: [videos, 3] long, the patch grid (time, height, width) of each video.
+    """
+
+    pixel_values_videos: torch.Tensor
+    video_grid_thw: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ResponseLogprobs:
+    """Per-token values of one group's G responses, right-padded to the longest (Lmax).
+
+    logprobs: [G, Lmax] float32, log p(token) under the policy at the given temperature; 0 on
+        padding.
+    entropies: [G, Lmax] float32 entropy of the same next-token distribution (0 on padding), or
+        None when not asked for.
+    mask: [G, Lmax] bool, True on real response tokens.
+    """
+
+    logprobs: torch.Tensor
+    entropies: torch.Tensor | None
+    mask: torch.Tensor
+
+
+def prompt_position_ids(
+    input_ids: torch.Tensor,
+    video_token_id: int,
+    video_grid_thw: torch.Tensor | None = None,
+    second_per_grid_ts: Sequence[float] | torch.Tensor | None = None,
+    *,
+    spatial_merge_size: int = 2,
+    tokens_per_second: float = 2.0,
+) -> torch.Tensor:
+    """Multimodal rotary positions [3, P] of a prompt (ids [P]), as vLLM assigns them.
+
+    Each run of video pad tokens is one video of `video_grid_thw` (in order); its tokens get
+    (start + floor(t * second_per_grid * tokens_per_second), start + h, start + w) on the merged
+    grid, and text continues from the largest position so far plus one. A text-only prompt gets
+    0..P-1 in all three rows. Read the sizes from the model config
+    (`vision_config.spatial_merge_size`, `vision_config.tokens_per_second`). Image tokens are
+    not handled (our prompts carry videos only): they would be counted as text.
+    """
+    ids = input_ids.tolist()
+    grids = [] if video_grid_thw is None else video_grid_thw.tolist()
+    seconds = [1.0] * len(grids)
+    if second_per_grid_ts is not None:
+        seconds = [float(s) for s in second_per_grid_ts]
+    pieces: list[torch.Tensor] = []
+    next_start, cursor, video = 0, 0, 0
+    while cursor < len(ids):
+        if ids[cursor] != video_token_id:
+            end = cursor
+            while end < len(ids) and ids[end] != video_token_id:
+                end += 1
+            pieces.append(torch.arange(next_start, next_start + end - cursor).expand(3, -1))
+            cursor = end
+        else:
+            if video >= len(grids):
+                raise ValueError("more runs of video tokens in the prompt than videos in the grid")
+            grid_t, grid_h, grid_w = grids[video]
+            t_h_w = (grid_t, grid_h // spatial_merge_size, grid_w // spatial_merge_size)
+            grid = torch.stack(torch.meshgrid(*(torch.arange(n) for n in t_h_w), indexing="ij"))
+            grid[0] = (grid[0] * (seconds[video] * tokens_per_second)).long()
+            pieces.append(grid.reshape(3, -1) + next_start)
+            cursor += t_h_w[0] * t_h_w[1] * t_h_w[2]
+            video += 1
+        next_start = int(pieces[-1].max()) + 1
+    if video != len(grids):
+        raise ValueError(f"{len(grids)} videos in the grid but {video} runs of video tokens")
+    return torch.cat(pieces, dim=1).long() if pieces else torch.zeros(3, 0, dtype=torch.long)
+
+
+def attention_implementation(model: nn.Module) -> str:
+    """The text model's attention implementation ("sdpa", "eager", "flash_attention_2", ...)."""
+    config = model.config
+    text_config = getattr(config, "text_config", config)
+    # transformers keeps the resolved choice on this private attribute; there is no public getter.
+    return str(text_config._attn_implementation)
+
+
+def model_attention_mask(
+    mask: torch.Tensor,
+    implementation: str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """A bool [B, 1, T, T] mask (True = attend) in the form the attention implementation reads.
+
+    transformers passes a 4D mask through unchanged. SDPA takes it as bool; eager attention adds
+    it to the scores, so it needs 0 where allowed and a large negative number elsewhere.
+    """
+    if implementation == "sdpa":
+        return mask
+    if implementation == "eager":
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return additive.masked_fill(~mask, torch.finfo(dtype).min)
+    raise ValueError(
+        f"the shared-prefix layout needs an attention implementation that reads a 4D mask "
+        f"({', '.join(MASKABLE_ATTENTION)}), not {implementation!r}"
+    )
+
+
+def response_logprobs_shared(
+    model: nn.Module,
+    groups: Sequence[PackedGroup],
+    vision: Sequence[VisionInputs | None],
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> list[ResponseLogprobs]:
+    """Log-probs of every group's responses, one packed sequence per group, B groups per forward.
+
+    groups[b] holds a prompt and its G_b responses; vision[b] is that prompt's video (None for a
+    text-only prompt). Returns one record per group, [G_b, Lmax_b]. Differentiable.
+    """
+    batch = batch_groups(groups, _pad_token_id(model))
+    parameter = next(model.parameters())
+    mask = model_attention_mask(
+        batch.attention_mask.to(parameter.device), attention_implementation(model), parameter.dtype
+    )
+    return _forward(model, batch, mask, vision, temperature, with_entropy)
+
+
+def response_logprobs_plain(
+    model: nn.Module,
+    groups: Sequence[PackedGroup],
+    vision: Sequence[VisionInputs | None],
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> list[ResponseLogprobs]:
+    """The same records as `response_logprobs_shared`, computed without sharing.
+
+    Every group is split into G sequences of prompt + one response, each with its own copy of
+    the video, batched with right padding and the model's own causal mask. To bound memory, call
+    it on a few single-response groups at a time (`split_group`) and run backward in between.
+    """
+    sequences: list[PackedGroup] = []
+    sequence_vision: list[VisionInputs | None] = []
+    for group, video in zip(groups, vision, strict=True):
+        singles = split_group(group)
+        sequences.extend(singles)
+        sequence_vision.extend([video] * len(singles))
+    batch = batch_groups(sequences, _pad_token_id(model))
+    # A 2D padding mask lets transformers build the causal mask itself (SDPA's is_causal fast
+    # path when nothing is padded), as an unshared learner would run.
+    padding = batch.padding_mask.long().to(next(model.parameters()).device)
+    singles_out = _forward(model, batch, padding, sequence_vision, temperature, with_entropy)
+    return _regroup(singles_out, [group.num_responses for group in groups])
+
+
+def _forward(
+    model: nn.Module,
+    batch: PackedBatch,
+    attention_mask: torch.Tensor,
+    vision: Sequence[VisionInputs | None],
+    temperature: float,
+    with_entropy: bool,
+) -> list[ResponseLogprobs]:
+    """Run the model on a padded batch and read each group's response log-probs."""
+    if len(vision) != len(batch.groups):
+        raise ValueError(f"{len(batch.groups)} groups but {len(vision)} vision inputs")
+    device = next(model.parameters()).device
+    width = batch.input_ids.shape[1]
+    # Rows before the earliest prompt end never predict a response token: skip their logits.
+    first_row = min(int(group.logit_rows.min()) for group in batch.groups)
+    videos = [video for video in vision if video is not None]
+    pixels = torch.cat([v.pixel_values_videos for v in videos]).to(device) if videos else None
+    grids = torch.cat([v.video_grid_thw for v in videos]).to(device) if videos else None
+    outputs = model(
+        input_ids=batch.input_ids.to(device),
+        position_ids=batch.position_ids.to(device),
+        attention_mask=attention_mask,
+        pixel_values_videos=pixels,
+        video_grid_thw=grids,
+        logits_to_keep=width - first_row,
+        use_cache=False,
+    )
+    logits = outputs.logits  # [B, T - first_row, V]
+    batch_rows = torch.cat([torch.full_like(g.logit_rows, b) for b, g in enumerate(batch.groups)])
+    columns = torch.cat([group.logit_rows for group in batch.groups]) - first_row
+    targets = torch.cat([group.targets for group in batch.groups]).to(device)
+    selected = logits[batch_rows.to(device), columns.to(device)].float() / temperature  # [N, V]
+    log_probs = torch.log_softmax(selected, dim=-1)
+    token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
+    entropies = -(log_probs.exp() * log_probs).sum(-1) if with_entropy else None  # [N]
+    return _unpack(batch.groups, token_logprobs, entropies)
+
+
+def _unpack(
+    groups: Sequence[PackedGroup], logprobs: torch.Tensor, entropies: torch.Tensor | None
+) -> list[ResponseLogprobs]:
+    """Split per-token values [N] (all groups, packed order) into one record per group."""
+    sizes = [sum(group.response_lengths) for group in groups]
+    logprob_parts = torch.split(logprobs, sizes)
+    entropy_parts = torch.split(entropies, sizes) if entropies is not None else [None] * len(groups)
+    return [
+        ResponseLogprobs(
+            logprobs=unpack_responses(part, group),
+            entropies=unpack_responses(entropy, group) if entropy is not None else None,
+            mask=response_mask(group, device=part.device),
+        )
+        for group, part, entropy in zip(groups, logprob_parts, entropy_parts, strict=True)
+    ]
+
+
+def _regroup(
+    singles: Sequence[ResponseLogprobs],
+    group_sizes: Sequence[int],
+) -> list[ResponseLogprobs]:
+    """Stack single-response records ([1, L]) back into groups ([G, Lmax])."""
+    records, start = [], 0
+    for size in group_sizes:
+        part = singles[start : start + size]
+        start += size
+        records.append(
+            ResponseLogprobs(
+                logprobs=_stack_rows([r.logprobs[0] for r in part], 0.0),
+                entropies=_stack_rows([r.entropies[0] for r in part], 0.0)
+                if part[0].entropies is not None
+                else None,
+                mask=_stack_rows([r.mask[0] for r in part], False),
+            )
+        )
+    return records
+
+
+def _stack_rows(rows: Sequence[torch.Tensor], fill: float | bool) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=fill)
+
+
+def _pad_token_id(model: nn.Module) -> int:
+    """The pad id from the text config (any id works: padding is masked and never read)."""
+    config = getattr(model.config, "text_config", model.config)
+    pad = getattr(config, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
