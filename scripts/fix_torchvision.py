@@ -11,17 +11,20 @@ with `torchvision.extension._has_ops()`; this script applies the same guard to t
 
 Alternatives checked and rejected:
 - a CPU wheel of torchvision: it lives only on download.pytorch.org, which this machine cannot
-  reach; every torchvision wheel the reachable index offers for Linux x86_64 is a CUDA build;
+  reach; the Linux x86_64 torchvision wheels on PyPI are CUDA builds;
 - uninstalling torchvision: transformers' Qwen2-VL video processor (used by vLLM too) imports
   `torchvision.transforms.v2.functional`, so video input stops working;
 - a `.pth`/sitecustomize hook that defines the two ops before torchvision loads: it would import
   torch in every interpreter of the venv, and hides the change better than a patched file does.
 
-What we lose: nothing we use. `torchvision.ops.nms` raises "Couldn't load custom C++ ops" when
-called (it did before, too); the video and image transforms are pure torch.
+What we lose: nothing we use. `torchvision.ops.nms` and the other C++ ops raise "Couldn't load
+custom C++ ops" when called, as they must without `_C.so`; the video and image transforms that
+transformers uses are pure torch.
 
 The patch is idempotent (a marker comment says a file is already patched), touches the file only
 when `import torchvision` fails, and ends by importing torchvision in a fresh interpreter.
+Reinstalling torchvision undoes it (the wheel's RECORD still lists the original hash), so the
+install step must run this after every `pip install` that may touch torchvision.
 
 Usage: `.venv/bin/python scripts/fix_torchvision.py` (patch if needed, then verify), or
 `--check` to verify only (exit 1 when torchvision does not import). Run it with the venv's python:

@@ -23,7 +23,9 @@ def test_defaults_need_no_file() -> None:
 
 def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, "run_name: a\nvideo:\n  fps: 1.0\n")
-    cfg = load_run_config(path, ["video.fps=4", "data.max_skipped_fraction=1e-1", "prompt.think=false"])
+    cfg = load_run_config(
+        path, ["video.fps=4", "data.max_skipped_fraction=1e-1", "prompt.think=false", "rewards.think=false"]
+    )
     assert cfg.run_name == "a"
     assert cfg.video.fps == 4.0  # the override wins over the file
     assert cfg.data.max_skipped_fraction == pytest.approx(0.1)  # "1e-1" is a string to YAML 1.1
@@ -81,3 +83,8 @@ def test_every_field_is_documented() -> None:
         return missing
 
     assert walk(RunConfig) == []
+
+
+def test_prompt_and_reward_must_agree_on_thinking() -> None:
+    with pytest.raises(ConfigError, match=r"prompt\.think=False but rewards\.think=True"):
+        load_run_config(None, ["prompt.think=false"])

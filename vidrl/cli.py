@@ -75,10 +75,48 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from vidrl.cluster.job import train
+    from vidrl.config import load_run_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    summary = train(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from vidrl.cluster.build import init_ray
+    from vidrl.cluster.sft import run_sft
+    from vidrl.config import load_run_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    if cfg.trainer.sft_steps == 0:
+        raise SystemExit("vidrl sft: trainer.sft_steps is 0; set it, e.g. trainer.sft_steps=50")
+    started = init_ray(cfg)
+    try:
+        path = run_sft(cfg, cfg.run_dir / "sft")
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    print(f"SFT model written to {path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from vidrl.cluster.plots import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vidrl.demo import run_demo
 
-    run_demo(Path(args.out), seed=args.seed)
+    run_demo(Path(args.out), seed=args.seed, train=not args.no_train)
     return 0
 
 
@@ -114,9 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default=None, help="data file to read instead of data.train_path")
     p.set_defaults(func=cmd_data)
 
+    p = sub.add_parser("train", help="GRPO training (resumes a run directory with checkpoints)")
+    p.add_argument("config", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-6")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on reference answers (trainer.sft_steps)")
+    p.add_argument("config", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("plot", help="PNGs of reward, length, KL/clip and phase times of a run")
+    p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    p.set_defaults(func=cmd_plot)
+
     p = sub.add_parser("demo", help="the embedded default job on synthetic data and a tiny model")
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-train", action="store_true", help="stop after data, model and reward scoring")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from vidrl.cluster.config import ClusterConfig, TrainerConfig
 from vidrl.configbase import StrictConfig
 from vidrl.data.config import DataConfig
 from vidrl.data.prompts import PromptConfig
 from vidrl.data.video import VideoConfig
+from vidrl.learner.config import LearnerConfig
 from vidrl.overrides import ConfigError, dump_config, load_config
 from vidrl.rewards.config import RewardsConfig
+from vidrl.rollout.config import RolloutConfig
 
 __all__ = ["ConfigError", "RunConfig", "dump_config", "load_run_config"]
 
@@ -39,6 +42,25 @@ class RunConfig(StrictConfig):
     """How questions are put to the model."""
     rewards: RewardsConfig = RewardsConfig()
     """Which rewards score each task's responses, with their weights."""
+    rollout: RolloutConfig = RolloutConfig()
+    """The vLLM rollout workers and how they sample."""
+    learner: LearnerConfig = LearnerConfig()
+    """The FSDP2 learner ranks, optimizer and GRPO objective."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Where actors run: the Ray cluster, placement, node pins, reward actors."""
+    trainer: TrainerConfig = TrainerConfig()
+    """Steps, prompts per step, warm start, checkpoints, evaluation, logging."""
+
+    @model_validator(mode="after")
+    def _prompt_and_reward_agree(self) -> RunConfig:
+        # The format reward checks for <think> exactly when the prompt asks for it; a mismatch
+        # would score every well-formed answer 0 on format.
+        if self.prompt.think != self.rewards.think:
+            raise ValueError(
+                f"prompt.think={self.prompt.think} but rewards.think={self.rewards.think}: "
+                "set both to the same value"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

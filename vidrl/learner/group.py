@@ -9,6 +9,7 @@ update does not depend on that plan (tests: 1 vs 4 micro-batches, 1 vs 2 ranks).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from vidrl.learner.config import LearnerConfig
 log = logging.getLogger(__name__)
 
 SUMMED_METRICS = ("tokens", "sequences", "microbatches", "padding_tokens_saved")
+# The ranks run in lockstep, so the slowest rank's time is the step's.
+SLOWEST_METRICS = ("step_seconds",)
 
 
 class LearnerGroup:
@@ -29,9 +32,11 @@ class LearnerGroup:
         cfg: LearnerConfig,
         seed: int = 0,
         scheduling: Sequence[Any] | None = None,
+        temperature: float = 1.0,
     ) -> None:
         """scheduling: one Ray scheduling strategy per rank (placement-group bundles or
-        node pins from vidrl.cluster); None lets Ray place the actors."""
+        node pins from vidrl.cluster); None lets Ray place the actors. temperature: the
+        rollout's sampling temperature (log-probs are of logits / temperature, as sampled)."""
         import ray
 
         from vidrl.learner.worker import LearnerWorker
@@ -43,7 +48,7 @@ class LearnerGroup:
                 num_cpus=cfg.cpus_per_rank,
                 num_gpus=cfg.gpus_per_rank,
                 scheduling_strategy=None if scheduling is None else scheduling[rank],
-            ).remote(rank, cfg.num_ranks, model_path, cfg, seed)
+            ).remote(rank, cfg.num_ranks, model_path, cfg, seed, max(temperature, 1e-6))
             for rank in range(cfg.num_ranks)
         ]
         address, port = ray.get(self.workers[0].rendezvous_address.remote())
@@ -62,6 +67,7 @@ class LearnerGroup:
 
         if not groups:
             raise ValueError("train_step needs at least one group")
+        started = time.perf_counter()
         budget = max_tokens_per_microbatch or self.cfg.max_tokens_per_microbatch
         totals = step_totals(groups)
         shares = split_across_ranks(groups, self.cfg.num_ranks, self.cfg.shared_prefix)
@@ -78,7 +84,12 @@ class LearnerGroup:
                 for worker, plan in zip(self.workers, plans, strict=True)
             ]
         )
-        return combine_metrics(results)
+        metrics = combine_metrics(results)
+        # The driver's clock adds Ray's dispatch and the transfer of the groups to the ranks'
+        # compute (step_seconds): the throughput a training loop actually gets.
+        metrics["wall_seconds"] = time.perf_counter() - started
+        metrics["tokens_per_second"] = metrics["tokens"] / metrics["wall_seconds"]
+        return metrics
 
     def export_weights(self, version: int) -> list[Any]:
         """Publish the full weights as buckets in the object store; ObjectRefs in order."""
@@ -108,12 +119,15 @@ class LearnerGroup:
 
 
 def combine_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Sum the counts; the loss-like metrics arrive as already-normalised partial sums."""
+    """Sum the counts, take the slowest rank's time; the loss-like metrics arrive as
+    already-normalised partial sums."""
     out: dict[str, float] = {}
     for metrics in per_rank:
         for key, value in metrics.items():
             if key.endswith("_sum") or key in SUMMED_METRICS:
                 out[key.removesuffix("_sum")] = out.get(key.removesuffix("_sum"), 0.0) + value
+            elif key in SLOWEST_METRICS:
+                out[key] = max(out.get(key, 0.0), value)
             else:
-                out[key] = value  # identical on every rank (lr, grad_norm, step time)
+                out[key] = value  # identical on every rank (lr, grad_norm)
     return out

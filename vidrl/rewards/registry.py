@@ -94,6 +94,10 @@ def resolve_reward(
     entry = lookup_reward(spec, per_sample=per_sample)
     bound = dict(kwargs or {})
     check_kwargs(spec, entry, bound)
+    if inspect.isclass(entry.fn):
+        # A stateful reward (say, one holding a judge model): kwargs go to its constructor,
+        # and the instance, built once where the reward runs, is called on each batch.
+        return adapt_per_sample(entry.fn(**bound)) if entry.per_sample else entry.fn(**bound)
     if entry.per_sample:
         return adapt_per_sample(entry.fn, **bound)
     return functools.partial(entry.fn, **bound) if bound else entry.fn
@@ -135,6 +139,8 @@ def check_kwargs(spec: str, entry: RegisteredReward, kwargs: Mapping[str, Any]) 
     except (TypeError, ValueError):  # some C callables have no signature: trust them
         return
     leading: tuple[Any, ...] = (None, None) if entry.per_sample else (None,)
+    if inspect.isclass(entry.fn):
+        leading = ()  # kwargs go to the constructor; batches come later, to the instance
     try:
         signature.bind(*leading, **kwargs)
     except TypeError as error:

@@ -1,0 +1,138 @@
+"""Building every actor of a run from its config, in one place (the driver only drives them).
+
+ray        join cluster.address, or start a local cluster on 127.0.0.1
+data       training samples (skips counted), the resumable prompt sampler
+inputs     the processor-side data stage (decode once, prompts, learner groups)
+rollout    RolloutPool: rollout.num_workers vLLM actors
+rewards    RewardPool: cluster.reward_actors actors
+learner    LearnerGroup: learner.num_ranks FSDP2 ranks
+sink       metrics.jsonl, TensorBoard, W&B
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vidrl.cluster.inputs import LearnerInputs
+from vidrl.cluster.metrics import MetricsSink, PhaseTimer
+from vidrl.cluster.resources import scheduling_strategies
+from vidrl.cluster.sampler import PromptSampler
+from vidrl.config import RunConfig, dump_config
+from vidrl.data.readers import load_samples
+from vidrl.data.sample import Sample
+from vidrl.data.skips import SkipLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything a running job holds; `shutdown` stops only what was started here."""
+
+    cfg: RunConfig
+    samples: list[Sample]
+    sampler: PromptSampler
+    skips: SkipLog
+    inputs: LearnerInputs
+    rollout: Any
+    rewards: Any
+    learner: Any
+    sink: MetricsSink
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    started_ray: bool = False
+    weights_version: int = 0
+
+    def shutdown(self) -> None:
+        import ray
+
+        for part in (self.rollout, self.rewards, self.learner):
+            if part is not None:
+                part.shutdown()
+        self.sink.close()
+        if self.started_ray:
+            ray.shutdown()
+
+
+def init_ray(cfg: RunConfig) -> bool:
+    """Join the configured cluster or start a local one; True when this call started it."""
+    # Read when ray is imported: without it Ray swaps 127.0.0.1 for the machine's address.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
+    if address is not None:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    # A local cluster stays on loopback: its processes, and the learner's process group,
+    # which meets at the node's address.
+    ray.init(
+        address="local",
+        num_cpus=cfg.cluster.local_num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    return True
+
+
+def build_run(cfg: RunConfig, model_path: str | None = None) -> Run:
+    """Start every actor the config asks for (model_path overrides cfg.model_path)."""
+    from vidrl.learner.group import LearnerGroup
+    from vidrl.rewards.pool import RewardPool
+    from vidrl.rollout.pool import RolloutPool
+
+    path = model_path or cfg.model_path
+    if path is None or cfg.data.train_path is None:
+        raise ValueError("a run needs model_path and data.train_path")
+    skips = SkipLog(cfg.data.max_skipped_fraction)
+    samples = load_samples(cfg.data.train_path, cfg.data, skips)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    started = init_ray(cfg)
+    rollout_strategies, learner_strategies = scheduling_strategies(cfg)
+    rollout = RolloutPool(cfg.rollout, path, scheduling=rollout_strategies)
+    rewards = RewardPool(
+        cfg.rewards,
+        cfg.cluster.reward_actors,
+        cfg.cluster.cpus_per_reward_actor,
+        cfg.cluster.gpus_per_reward_actor,
+        cfg.cluster.reward_timeout_seconds,
+    )
+    learner = LearnerGroup(
+        path, cfg.learner, seed=cfg.seed, scheduling=learner_strategies, temperature=cfg.rollout.temperature
+    )
+    inputs = LearnerInputs(
+        path, cfg.video, cfg.prompt, cfg.rollout.min_pixels_per_frame, cfg.rollout.max_pixels_per_frame
+    )
+    sink = MetricsSink(
+        cfg.run_dir,
+        cfg.trainer.tensorboard,
+        cfg.trainer.wandb_project,
+        cfg.run_name,
+        cfg.model_dump(mode="json"),
+    )
+    log.info(
+        "run %s: %d samples, %d rollout workers, %d learner ranks, %d reward actors",
+        cfg.run_name,
+        len(samples),
+        cfg.rollout.num_workers,
+        cfg.learner.num_ranks,
+        cfg.cluster.reward_actors,
+    )
+    return Run(
+        cfg,
+        samples,
+        PromptSampler(samples, cfg.seed),
+        skips,
+        inputs,
+        rollout,
+        rewards,
+        learner,
+        sink,
+        started_ray=started,
+    )

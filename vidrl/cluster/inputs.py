@@ -1,0 +1,132 @@
+"""The data stage of a step: samples -> decoded clips -> rollout prompts, and rollout groups ->
+learner groups.
+
+Each video is decoded once per step, here; the frames go to the object store once and the
+rollout workers read them from there (zero-copy). The learner needs the same frames as
+processor output (pixel patches and grid): `LearnerInputs` runs the Hugging Face processor
+once per prompt on exactly the frames the engine saw (`frame_positions`), with the engine's
+own metadata and pixel bounds, and checks that it expands the prompt to the very token ids
+the engine saw, so learner and rollout can never silently disagree on the visual tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vidrl.data.prompts import PromptConfig, reference_response
+from vidrl.data.sample import Sample
+from vidrl.data.skips import SkipLog
+from vidrl.data.video import Clip, VideoConfig, VideoError, decode_clip
+from vidrl.learner.batch import TrainGroup, VisionArrays
+from vidrl.rollout.prompts import build_rollout_prompt, select_frames, video_metadata
+from vidrl.rollout.types import RolloutGroup, RolloutPrompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """The prompts of one step, with what the later phases need to pair them up again.
+
+    samples[i], clips[i] and prompts[i] belong together; samples whose video could not be
+    decoded are not here (they were skipped and counted).
+    """
+
+    samples: tuple[Sample, ...]
+    clips: tuple[Clip, ...]
+    prompts: tuple[RolloutPrompt, ...]
+
+
+class LearnerInputs:
+    """Builds RolloutPrompts and TrainGroups with the model's own processor."""
+
+    def __init__(
+        self,
+        model_path: str,
+        video: VideoConfig,
+        prompt: PromptConfig,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        from transformers import AutoProcessor
+
+        kwargs: dict[str, Any] = {}
+        if min_pixels is not None and max_pixels is not None:
+            kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        self.processor = AutoProcessor.from_pretrained(model_path, **kwargs)
+        self.tokenizer = self.processor.tokenizer
+        self.video, self.prompt = video, prompt
+        self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def step_inputs(self, samples: Sequence[Sample], skips: SkipLog, put: Any = None) -> StepInputs:
+        """Decode each distinct video once; `put` (e.g. ray.put) ships each clip once."""
+        decoded: dict[str, tuple[Clip, Any]] = {}
+        kept: list[tuple[Sample, Clip, RolloutPrompt]] = []
+        for sample in samples:
+            if sample.video not in decoded:
+                try:
+                    clip = decode_clip(sample.video, self.video)
+                except VideoError as err:
+                    skips.skip(f"{sample.video} (sample {sample.id})", err.reason, counted=True)
+                    continue
+                decoded[sample.video] = (clip, None if put is None else put(clip))
+            clip, ref = decoded[sample.video]
+            kept.append((sample, clip, build_rollout_prompt(sample, clip, self.prompt, self.processor, ref)))
+        return (
+            StepInputs(*(tuple(column) for column in zip(*kept, strict=True)))
+            if kept
+            else StepInputs((), (), ())
+        )
+
+    def vision(self, text: str, clip: Clip) -> tuple[np.ndarray, VisionArrays]:
+        """(prompt ids [P] with video pads expanded, processor output) for `clip` under `text`."""
+        out = self.processor(
+            text=[text],
+            videos=[clip.frames],
+            video_metadata=[video_metadata(clip)],
+            do_sample_frames=False,
+            return_tensors="np",
+        )
+        vision = VisionArrays(
+            pixel_values_videos=out["pixel_values_videos"].astype(np.float32),
+            video_grid_thw=out["video_grid_thw"].astype(np.int64),
+            second_per_grid_ts=np.asarray(out["second_per_grid_ts"], dtype=np.float64),
+        )
+        return out["input_ids"][0].astype(np.int64), vision
+
+    def train_group(
+        self, group: RolloutGroup, prompt: RolloutPrompt, clip: Clip, advantages: np.ndarray
+    ) -> TrainGroup:
+        """The learner's view of a rollout group: same tokens, same frames, old log-probs."""
+        ids, vision = self.vision(prompt.text, select_frames(clip, group.frame_positions))
+        engine_ids = group.prompt_token_ids.astype(np.int64)
+        if not np.array_equal(ids, engine_ids):
+            raise ValueError(
+                f"sample {group.sample_id}: the learner's processor gives {len(ids)} prompt tokens, "
+                f"the rollout engine saw {len(engine_ids)}: their video settings differ"
+            )
+        return TrainGroup(
+            prompt_ids=engine_ids,
+            responses=tuple(r.token_ids.astype(np.int64) for r in group.responses),
+            advantages=advantages.astype(np.float32),
+            old_logprobs=tuple(r.logprobs.astype(np.float32) for r in group.responses),
+            vision=vision,
+        )
+
+    def sft_group(self, sample: Sample, prompt: RolloutPrompt, clip: Clip) -> TrainGroup:
+        """One reference response (the SFT target), ending with the end-of-turn token."""
+        ids, vision = self.vision(prompt.text, clip)
+        target = self.tokenizer(reference_response(sample, self.prompt), add_special_tokens=False)[
+            "input_ids"
+        ]
+        return TrainGroup(
+            prompt_ids=ids,
+            responses=(np.asarray([*target, self.end_of_turn], dtype=np.int64),),
+            advantages=np.ones(1, dtype=np.float32),
+            vision=vision,
+        )

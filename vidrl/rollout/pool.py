@@ -1,0 +1,244 @@
+"""The rollout pool: several workers behind one `generate` and one `update_weights`.
+
+`generate(prompts, step)` spreads the prompts over the workers by estimated cost (longest
+first onto the least loaded worker), runs every share at once, and returns the groups in
+prompt order with the step's metrics. Before it runs, the workers' weight versions are
+compared with each other and with the last published one: a disagreement raises
+`WeightsVersionMismatch` instead of mixing policies.
+
+`update_weights(version, bucket_refs)` has every worker load the buckets in place. The pool
+keeps the last published references (which keeps those buckets in the object store) so that
+a worker restarted after a crash comes back with the current weights.
+
+Faults: a worker whose call fails (the actor died, or its engine raised) is reported with
+its index and the cause, killed, started afresh, given the last published weights, and its
+share of the call is retried once; a second failure raises `RolloutWorkerError`.
+
+Threads: one `generate` and one `update_weights` may run at once (the driver overlaps the
+rollout of step t+1 with the update of step t). Calls are submitted under a lock and Ray
+runs each worker's calls in the order they were submitted, so an update lands either
+before a whole generate call (on every worker) or after it, never between its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from vidrl.rollout.config import RolloutConfig
+from vidrl.rollout.prompts import estimate_prompt_tokens
+from vidrl.rollout.types import (
+    RolloutBatch,
+    RolloutGroup,
+    RolloutMetrics,
+    RolloutPrompt,
+    RolloutWorkerError,
+    Sampling,
+    UpdateMetrics,
+    WeightsVersionMismatch,
+    WorkerFailure,
+    WorkerOutput,
+)
+from vidrl.rollout.worker import RolloutWorker
+
+log = logging.getLogger(__name__)
+
+
+def spread_prompts(costs: Sequence[int], num_workers: int) -> list[list[int]]:
+    """Prompt indices per worker: costliest first, each to the least loaded worker (the
+    lowest index on ties); each share in prompt order."""
+    loads = [0] * num_workers
+    shares: list[list[int]] = [[] for _ in range(num_workers)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        worker = min(range(num_workers), key=lambda w: (loads[w], w))
+        loads[worker] += costs[index]
+        shares[worker].append(index)
+    return [sorted(share) for share in shares]
+
+
+class RolloutPool:
+    """`cfg.num_workers` rollout workers, started from the checkpoint at `model_path`."""
+
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        model_path: str,
+        scheduling: Sequence[Any] | None = None,
+    ) -> None:
+        """scheduling: one Ray scheduling strategy per worker (placement-group bundles or node
+        pins, from vidrl.cluster); None lets Ray place the workers."""
+        self.cfg = cfg
+        self.model_path = model_path
+        self._scheduling = list(scheduling) if scheduling is not None else None
+        self._options: dict[str, Any] = {
+            "num_cpus": cfg.cpus_per_worker,
+            "num_gpus": cfg.gpus_per_worker,
+            # Read by vLLM when the engine is built; set for the whole actor process too.
+            "runtime_env": {"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
+        }
+        self._actor = ray.remote(RolloutWorker)
+        # Held while calls are submitted (never while engines run): see "Threads" above.
+        self._lock = threading.RLock()
+        self._workers: list[Any] = [self._start(i) for i in range(cfg.num_workers)]
+        ray.get([w.weights_version.remote() for w in self._workers])  # wait for the engines
+        self._published: tuple[int, list[Any]] | None = None
+
+    @property
+    def workers(self) -> tuple[Any, ...]:
+        """The worker actors' handles, by worker index."""
+        return tuple(self._workers)
+
+    @property
+    def weights_version(self) -> int:
+        """The last published weights version (0: the checkpoint's weights)."""
+        return 0 if self._published is None else self._published[0]
+
+    def _start(self, index: int) -> Any:
+        options = dict(self._options)
+        if self._scheduling is not None:
+            options["scheduling_strategy"] = self._scheduling[index]
+        return self._actor.options(**options).remote(self.cfg, self.model_path, index)
+
+    def generate(
+        self, prompts: Sequence[RolloutPrompt], step: int, sampling: Sampling | None = None
+    ) -> RolloutBatch:
+        """A group of responses for each prompt, sampled with the seed of `step`, as
+        `sampling` says (default: the config's)."""
+        start = time.perf_counter()
+        sampling = sampling or self.cfg.sampling
+        budget = sampling.samples_per_prompt * sampling.max_response_tokens
+        # Every prompt may cost a full response budget on top of its own tokens.
+        costs = [estimate_prompt_tokens(p) + budget for p in prompts]
+        shares = spread_prompts(costs, len(self._workers))
+        busy = [w for w, share in enumerate(shares) if share]
+        failures: list[WorkerFailure] = []
+
+        def share_of(w: int) -> tuple[Any, ...]:
+            return [(i, prompts[i]) for i in shares[w]], sampling, step
+
+        with self._lock:  # no update may slip between the check and the calls
+            version = self._checked_version(failures)
+            calls = self._submit(busy, "generate", share_of)
+        outputs: list[WorkerOutput] = self._gather(calls, "generate", share_of, failures)
+        used = {w: out.weights_version for w, out in zip(busy, outputs, strict=True)}
+        if any(v != version for v in used.values()):  # a worker restarted on newer weights
+            raise WeightsVersionMismatch(used, version)
+        groups = sorted((g for out in outputs for g in out.groups), key=lambda g: g.prompt_index)
+        skipped = sorted((s for out in outputs for s in out.skipped), key=lambda s: s.prompt_index)
+        seconds = time.perf_counter() - start
+        metrics = rollout_metrics(groups, len(skipped), outputs, len(failures), seconds)
+        return RolloutBatch(tuple(groups), tuple(skipped), tuple(failures), metrics, version)
+
+    def _checked_version(self, failures: list[WorkerFailure]) -> int:
+        everyone = list(range(len(self._workers)))
+        calls = self._submit(everyone, "weights_version", lambda w: ())
+        versions = self._gather(calls, "weights_version", lambda w: (), failures)
+        expected = self.weights_version
+        if any(v != expected for v in versions):
+            raise WeightsVersionMismatch(dict(enumerate(versions)), expected)
+        return expected
+
+    def update_weights(self, version: int, bucket_refs: Sequence[Any]) -> UpdateMetrics:
+        """Every worker loads the buckets (object-store references to WeightBuckets) in
+        place as `version`."""
+        start = time.perf_counter()
+        published = (version, list(bucket_refs))
+        everyone = list(range(len(self._workers)))
+        with self._lock:
+            self._published = published
+            calls = self._submit(everyone, "update_weights", lambda w: published)
+        # A worker restarted meanwhile has loaded these weights already; loading them again
+        # on retry is harmless.
+        failures: list[WorkerFailure] = []
+        worker_seconds = self._gather(calls, "update_weights", lambda w: published, failures)
+        seconds = time.perf_counter() - start
+        return UpdateMetrics(version, seconds, max(worker_seconds, default=0.0), len(failures))
+
+    def _submit(
+        self, indices: Sequence[int], method: str, args: Callable[[int], tuple[Any, ...]]
+    ) -> dict[int, tuple[Any, Any]]:
+        """Worker index -> (handle, reference to the result) of `method(*args(w))` on each."""
+        with self._lock:
+            handles = {w: self._workers[w] for w in indices}
+            return {w: (h, getattr(h, method).remote(*args(w))) for w, h in handles.items()}
+
+    def _gather(
+        self,
+        calls: dict[int, tuple[Any, Any]],
+        method: str,
+        args: Callable[[int], tuple[Any, ...]],
+        failures: list[WorkerFailure],
+    ) -> list[Any]:
+        """The results in worker order; a failed worker is restarted and retried once."""
+        results: dict[int, Any] = {}
+        for w, (handle, ref) in calls.items():
+            try:
+                results[w] = ray.get(ref)
+            except RayError as err:
+                failures.append(WorkerFailure(w, _cause(err)))
+                log.error("rollout worker %d failed: %s; restarting it", w, failures[-1].cause)
+                worker = self._replace(w, handle)
+                try:
+                    results[w] = ray.get(getattr(worker, method).remote(*args(w)))
+                except RayError as again:
+                    raise RolloutWorkerError(w, _cause(again)) from again
+        return [results[w] for w in calls]
+
+    def _replace(self, index: int, failed: Any) -> Any:
+        """A fresh worker `index` holding the last published weights, unless another thread
+        has already replaced `failed`. Returns the current worker."""
+        with self._lock:
+            if self._workers[index] is failed:
+                ray.kill(failed, no_restart=True)
+                worker = self._start(index)
+                if self._published is not None:
+                    ray.get(worker.update_weights.remote(*self._published))
+                else:
+                    ray.get(worker.weights_version.remote())  # wait for its engine
+                self._workers[index] = worker
+            return self._workers[index]
+
+    def shutdown(self) -> None:
+        """Stop the workers (the pool's own actors only)."""
+        with self._lock:
+            for worker in self._workers:
+                ray.kill(worker, no_restart=True)
+            self._workers = []
+
+
+def _cause(err: BaseException) -> str:
+    """The error's type and its message's last line (a task error ends with the cause)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def rollout_metrics(
+    groups: Sequence[RolloutGroup],
+    skipped: int,
+    outputs: Sequence[WorkerOutput],
+    restarts: int,
+    seconds: float,
+) -> RolloutMetrics:
+    """The metrics of one call from its groups, the workers' outputs and its wall time."""
+    responses = [r for g in groups for r in g.responses]
+    tokens = sum(r.token_ids.size for r in responses)
+    truncated = sum(r.truncated for r in responses)
+    return RolloutMetrics(
+        prompts=len(groups),
+        skipped_prompts=skipped,
+        reduced_prompts=sum(out.reduced_prompts for out in outputs),
+        responses=len(responses),
+        tokens_generated=tokens,
+        prompt_tokens=sum(g.prompt_token_ids.size for g in groups),
+        seconds=seconds,
+        slowest_worker_seconds=max((out.seconds for out in outputs), default=0.0),
+        tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
+        truncated_fraction=truncated / len(responses) if responses else 0.0,
+        worker_restarts=restarts,
+    )
