@@ -1,0 +1,553 @@
+"""The learner's throughput: FSDP2 ranks against a plain torch loop, shared prefixes, real size.
+
+    .venv/bin/python bench/learner.py [--steps 5] [--prefix-prompts 1] [--skip-prefix] ...
+
+Prints three markdown tables:
+
+(a) A GRPO step of the tiny Qwen2.5-VL (`vidrl.data.tiny`) on a batch of video prompts, run by
+    `LearnerGroup`s (1 and 2 FSDP2 ranks in local Ray; plain and shared-prefix layouts) and by a
+    plain single-process loop on the SAME batch: the model loaded with transformers, each
+    sequence prompt + response, the same micro-batches, the loss from `vidrl.learner.grpo`,
+    AdamW. All runs start from the same weights, so their step-1 losses must agree: the check
+    that they do the same work. Each run uses the cores once (threads = --threads / ranks), and
+    the runs take their steps in turn, round after round, so that all see the same load on the
+    shared machine; the first --warmup rounds are left out of the means.
+(b) The shared-prefix speedup at the shape of real video RL, by bench/prefix.py's own functions.
+(c) Qwen2.5-VL-3B's shapes, random weights, bf16 compute, gradient checkpointing, 2,048 visual +
+    1,024 response tokens per sample, on one CUDA GPU: tokens/s, peak memory, MFU. The learner's
+    own rank (`LearnerWorker`) runs in this process, a process group of one, without Ray.
+    Skipped without a GPU.
+
+What (a) measures: the tiny model's arithmetic is milliseconds, so fixed costs dominate (Ray's
+dispatch, FSDP2's gloo collectives, and the vision tower, whose windowed attention makes one small
+SDPA call per window and video), not what a learner does on a real model. The wall column (the
+driver's clock) against the rank-compute column (the slowest rank's clock) shows Ray's share.
+MFU in (c) counts 6 x parameters x tokens run (the policy's forward and backward), neither the
+reference model's forward nor the recomputation of checkpointed layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import itertools
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from vidrl.data.tiny import build_tiny_model
+from vidrl.learner.batch import TrainGroup, VisionArrays, micro_batches, step_totals
+from vidrl.learner.config import LearnerConfig
+from vidrl.learner.forward import prompt_position_ids
+from vidrl.learner.grpo import entropy_from_logits, group_advantages, grpo_loss, token_logprobs
+from vidrl.learner.loss_config import LossConfig
+from vidrl.learner.prefix import response_positions
+
+StepFn = Callable[[], dict[str, float]]
+
+# fmt: off
+# Dense bf16 tensor-core peaks (no sparsity) from NVIDIA's data sheets, by a substring of
+# torch.cuda.get_device_name(); the first match wins, so the more specific names come first.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+    ("H800", 989e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("L4", 121e12),
+)
+# Qwen2.5-VL-3B-Instruct's config.json. Its vision section sets only the widths and leaves the
+# rest to the defaults of its transformers version, written out here: transformers 5's defaults
+# are the 7B's (hidden 3584, tokens_per_second 4).
+QWEN25_VL_3B_TEXT = {
+    "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008,
+    "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
+    "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    "bos_token_id": 151643, "eos_token_id": 151645, "pad_token_id": 151643,
+}
+QWEN25_VL_3B_VISION = {
+    "depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+    "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
+}
+QWEN25_VL_3B_TOKENS = {
+    "image_token_id": 151655, "video_token_id": 151656,
+    "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+}
+# fmt: on
+
+
+@dataclass
+class Row:
+    """One run's name and the metrics of each of its steps, warmup steps first."""
+
+    name: str
+    ranks: str
+    layout: str
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+    def mean(self, key: str, skip: int) -> float:
+        return statistics.fmean(m[key] for m in self.metrics[skip:])
+
+
+def measure(runs: Sequence[tuple[Row, StepFn]], rounds: int) -> None:
+    """One step of every run per round, in turn, so that all runs see the same machine load."""
+    for _ in range(rounds):
+        for row, step in runs:
+            started = time.perf_counter()
+            metrics = step()
+            metrics.setdefault("wall_seconds", time.perf_counter() - started)
+            row.metrics.append(metrics)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int) -> None:
+    """A markdown table whose first `text_columns` columns are text and the rest numbers."""
+    rule = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    for cells in (header, rule, *rows):
+        print("| " + " | ".join(cells) + " |")
+
+
+# ---------------------------------------------------------------- (a) the batch
+
+
+def tiny_batch(model_dir: Path, args: argparse.Namespace) -> list[TrainGroup]:
+    """Video prompts through the tiny model's processor, each with G random responses and the
+    GRPO advantages of random rewards. Old log-probs are left to the learner (ratio 1)."""
+    processor = AutoProcessor.from_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    groups = []
+    for index in range(args.prompts):
+        frames = rng.integers(0, 256, (args.frames, args.frame_size, args.frame_size, 3), np.uint8)
+        content = [{"type": "video"}, {"type": "text", "text": f"When does event {index} happen?"}]
+        messages = [{"role": "user", "content": content}]
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        kwargs = {"do_sample_frames": False}  # the frames given are the frames sampled
+        out = processor(text=[text], videos=[frames], return_tensors="np", videos_kwargs=kwargs)
+        rewards = torch.from_numpy(rng.random((1, args.samples)))  # [1, G]
+        responses = rng.integers(10, 300, (args.samples, args.response_tokens)).astype(np.int64)
+        vision = VisionArrays(
+            pixel_values_videos=out["pixel_values_videos"].astype(np.float32),
+            video_grid_thw=out["video_grid_thw"].astype(np.int64),
+            second_per_grid_ts=np.asarray(out["second_per_grid_ts"], np.float64),
+        )
+        advantages = group_advantages(rewards, "grpo", 1e-6)[0].float().numpy()  # [G]
+        prompt = out["input_ids"][0].astype(np.int64)
+        groups.append(TrainGroup(prompt, tuple(responses), advantages, vision=vision))
+    return groups
+
+
+# ---------------------------------------------------------------- (a) the plain loop
+
+
+def plain_sequences(
+    group: TrainGroup, config: Qwen2_5_VLConfig
+) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(ids [P + L], positions [3, P + L], P) of each response behind its own prompt copy."""
+    prompt, vision = torch.from_numpy(group.prompt_ids), group.vision
+    positions = prompt_position_ids(
+        prompt,
+        config.video_token_id,
+        None if vision is None else torch.from_numpy(vision.video_grid_thw),
+        None if vision is None else vision.second_per_grid_ts.tolist(),
+        spatial_merge_size=config.vision_config.spatial_merge_size,
+        tokens_per_second=config.vision_config.tokens_per_second,
+    )
+    return [
+        (
+            torch.cat([prompt, torch.from_numpy(response)]),
+            torch.cat([positions, response_positions(positions, len(response))], dim=1),
+            len(prompt),
+        )
+        for response in group.responses
+    ]
+
+
+def plain_logits(
+    model: nn.Module, groups: Sequence[TrainGroup], config: Qwen2_5_VLConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the groups' B responses, each as its own sequence with its own copy of the prompt and
+    video, right-padded to T. Returns the logits [B, L, V] of the rows that predict each response
+    token, the targets [B, L] and their mask [B, L]."""
+    sequences = [s for group in groups for s in plain_sequences(group, config)]
+    responses = [torch.from_numpy(r) for group in groups for r in group.responses]
+    videos = [g.vision for g in groups for _ in g.responses if g.vision is not None]
+    pad = functools.partial(nn.utils.rnn.pad_sequence, batch_first=True)
+    input_ids = pad([s[0] for s in sequences], padding_value=config.text_config.pad_token_id)
+    first = min(s[2] for s in sequences) - 1  # the earliest row that predicts a response token
+    out = model(
+        input_ids=input_ids,  # [B, T]
+        position_ids=pad([s[1].T for s in sequences]).permute(2, 0, 1),  # [3, B, T]
+        attention_mask=pad([torch.ones(len(s[0]), dtype=torch.long) for s in sequences]),
+        pixel_values_videos=_cat([v.pixel_values_videos for v in videos]),
+        video_grid_thw=_cat([v.video_grid_thw for v in videos]),
+        logits_to_keep=input_ids.shape[1] - first,
+        use_cache=False,
+    )
+    steps = torch.arange(max(len(r) for r in responses))  # [L]
+    rows = torch.tensor([s[2] - 1 - first for s in sequences]).unsqueeze(1) + steps  # [B, L]
+    rows = rows.clamp(max=out.logits.shape[1] - 1)  # padding steps read any row: masked anyway
+    logits = out.logits.gather(1, rows.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
+    mask = steps < torch.tensor([len(r) for r in responses]).unsqueeze(1)  # [B, L]
+    return logits, pad(responses), mask
+
+
+def _cat(arrays: Sequence[np.ndarray]) -> torch.Tensor | None:
+    return torch.cat([torch.from_numpy(a) for a in arrays]) if arrays else None
+
+
+def plain_loop(model_dir: Path, groups: Sequence[TrainGroup], cfg: LearnerConfig) -> StepFn:
+    """A single-process GRPO step as one writes it without vidrl's learner: the same
+    micro-batches, loss, gradient clipping and AdamW, no Ray, no FSDP2."""
+    load = functools.partial(
+        Qwen2_5_VLForConditionalGeneration.from_pretrained,
+        model_dir,
+        dtype=torch.float32,
+        attn_implementation="sdpa",
+    )
+    model = load().train()
+    reference = load().eval() if cfg.loss.kl_coef > 0 else None
+    betas, eps, decay = cfg.adam_betas, cfg.adam_eps, cfg.weight_decay
+    optimizer = torch.optim.AdamW(model.parameters(), cfg.lr, betas, eps, decay)
+    totals = step_totals(groups)
+    by_tokens = cfg.loss.loss_agg == "token-mean"
+    denominator = totals.response_tokens if by_tokens else totals.sequences
+    batches = micro_batches(groups, cfg.max_tokens_per_microbatch, shared_prefix=False)
+    plan = [[groups[i] for i in batch] for batch in batches]
+
+    def step() -> dict[str, float]:
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = 0.0
+        for batch in plan:
+            logits, targets, mask = plain_logits(model, batch, model.config)  # [B, L, (V)]
+            logprobs = token_logprobs(logits, targets)  # [B, L]
+            reference_logprobs = None
+            if reference is not None:
+                with torch.no_grad():
+                    reference_logits = plain_logits(reference, batch, model.config)[0]
+                    reference_logprobs = token_logprobs(reference_logits, targets)
+            terms = grpo_loss(
+                logprobs,
+                logprobs.detach(),  # one update per step: the old policy is the current one
+                torch.from_numpy(np.concatenate([g.advantages for g in batch])),  # [B]
+                mask,
+                cfg.loss,
+                ref_logprobs=reference_logprobs,
+                entropy=entropy_from_logits(logits),
+                global_denominator=denominator,
+            )
+            terms.loss.backward()
+            loss += float(terms.loss.detach())
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+        optimizer.step()
+        tokens = float(sum(g.cost(shared_prefix=False) for g in groups))
+        return {"loss": loss, "tokens": tokens, "step_seconds": time.perf_counter() - started}
+
+    return step
+
+
+# ---------------------------------------------------------------- (a) the table
+
+
+def tiny_config(args: argparse.Namespace, ranks: int, layout: str, cpus: float) -> LearnerConfig:
+    """The learner's defaults (fp32, the loss of Temporal-R1's recipe) at the bench's budget."""
+    return LearnerConfig(
+        num_ranks=ranks,
+        cpus_per_rank=cpus,
+        max_tokens_per_microbatch=args.microbatch_tokens,
+        shared_prefix=layout == "shared",
+        loss=LossConfig(kl_coef=args.kl_coef),
+    )
+
+
+def section_tiny(args: argparse.Namespace, folder: Path) -> None:
+    import ray
+
+    from vidrl.learner.group import LearnerGroup
+
+    model_dir = build_tiny_model(folder / "tiny", seed=0)
+    groups = tiny_batch(model_dir, args)
+    torch.set_num_threads(args.threads)
+    loop = Row("plain torch loop", f"1 x {args.threads}", "plain")
+    runs = [(loop, plain_loop(model_dir, groups, tiny_config(args, 1, "plain", 1.0)))]
+    configs = list(itertools.product(args.ranks, args.layouts))
+    # All learners stay up to take turns, so Ray's CPU count is only bookkeeping here: each
+    # rank's threads are set below so that every run uses the cores once.
+    cpus = 2 / sum(ranks for ranks, _ in configs)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    learners: list[LearnerGroup] = []
+    try:
+        for ranks, layout in configs:
+            learners.append(LearnerGroup(str(model_dir), tiny_config(args, ranks, layout, cpus)))
+            threads = max(args.threads // ranks, 1)
+            set_threads = [
+                w.__ray_call__.remote(lambda _, n=threads: torch.set_num_threads(n))
+                for w in learners[-1].workers
+            ]
+            ray.get(set_threads)
+            row = Row("LearnerGroup", f"{ranks} x {threads}", layout)
+            runs.append((row, functools.partial(learners[-1].train_step, groups)))
+        measure(runs, args.warmup + args.steps)
+    finally:
+        for learner in learners:
+            learner.shutdown()
+        ray.shutdown()
+    plain_tokens = sum(g.cost(shared_prefix=False) for g in groups)
+    print(
+        f"\n### (a) GRPO step of the tiny Qwen2.5-VL: {args.prompts} prompts x {args.samples} "
+        f"samples, {len(groups[0].prompt_ids)}-token video prompts ({args.frames} frames), "
+        f"{args.response_tokens}-token responses = {plain_tokens:,} tokens; fp32, kl_coef "
+        f"{args.kl_coef}, micro-batch budget {args.microbatch_tokens:,} tokens; mean of "
+        f"{args.steps} steps after {args.warmup}; load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print_tiny_table([row for row, _ in runs], plain_tokens, args.warmup)
+    print_metrics(runs[-1][0], args.warmup)
+
+
+def print_tiny_table(rows: Sequence[Row], plain_tokens: int, skip: int) -> None:
+    base = rows[0].mean("wall_seconds", skip)
+    table = []
+    for row in rows:
+        wall, compute = row.mean("wall_seconds", skip), row.mean("step_seconds", skip)
+        tokens, loss = row.metrics[0]["tokens"], row.metrics[0]["loss"]
+        cells = [row.name, row.ranks, row.layout, f"{tokens:,.0f}", f"{wall:.3f}", f"{compute:.3f}"]
+        cells += [f"{tokens / wall:,.0f}", f"{plain_tokens / wall:,.0f}", f"{base / wall:.2f}x"]
+        table.append([*cells, f"{loss:.6f}"])
+    header = ["run", "ranks x threads", "layout", "tokens run", "wall s", "rank compute s"]
+    header += ["tokens run/s", "batch tokens/s", "vs plain loop", "step-1 loss"]
+    print_table(header, table, text_columns=3)
+
+
+def print_metrics(row: Row, skip: int) -> None:
+    """The learner's own per-step metrics, averaged over the measured steps."""
+    print(f"\nThe learner's metrics ({row.ranks} ranks, {row.layout}), measured steps' mean:\n")
+    table = [[key, f"{row.mean(key, skip):.6g}"] for key in sorted(row.metrics[-1])]
+    print_table(["metric", "value"], table, text_columns=1)
+
+
+# ---------------------------------------------------------------- (b) shared prefixes
+
+
+def section_prefix(args: argparse.Namespace, folder: Path) -> None:
+    """bench/prefix.py's measurement with a small number of prompts."""
+    # bench/ is this script's folder, so it is first on sys.path.
+    from prefix import BENCH_SHAPE, build_workload, forward_backward, report, warm_up
+
+    shape = {"samples": 8, "response_tokens": 128, "frames": 30, "microbatch": 4}
+    options = argparse.Namespace(prompts=args.prefix_prompts, threads=args.threads, **shape)
+    model_dir = build_tiny_model(folder / "prefix", seed=0, shape=BENCH_SHAPE)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model.train()
+    work = build_workload(model, processor, options)
+    warm_up(model, work)
+    timings = [
+        forward_backward(model, work, layout, precision, options.microbatch)
+        for precision in ("fp32", "bf16")
+        for layout in ("plain", "shared")
+    ]
+    print("\n### (b) Shared-prefix forward+backward at the shape of real video RL")
+    report(timings, options, sum(p.numel() for p in model.parameters()))
+
+
+# ---------------------------------------------------------------- (c) real size
+
+
+def real_batch(config: Qwen2_5_VLConfig, args: argparse.Namespace) -> list[TrainGroup]:
+    """Prompts of a 16-frame 448x448 video (a [8, 32, 32] patch grid = 2,048 merged tokens)
+    between short random texts, each with G random responses of --real-response-tokens."""
+    rng = np.random.default_rng(0)
+    grid = np.array([[8, 32, 32]], dtype=np.int64)
+    vision_cfg = config.vision_config
+    patch_dim = 3 * vision_cfg.temporal_patch_size * vision_cfg.patch_size**2
+    patches = int(grid.prod())
+    groups = []
+    for _ in range(args.real_prompts):
+        text = rng.integers(1000, 100_000, 40).tolist()  # ordinary vocabulary, no special ids
+        video = [config.video_token_id] * (patches // vision_cfg.spatial_merge_size**2)
+        prompt = [*text[:20], config.vision_start_token_id, *video, config.vision_end_token_id]
+        responses = rng.integers(1000, 100_000, (args.samples, args.real_response_tokens))
+        vision = VisionArrays(
+            pixel_values_videos=rng.standard_normal((patches, patch_dim), np.float32),
+            video_grid_thw=grid,
+            second_per_grid_ts=np.array([1.0]),
+        )
+        advantages = rng.standard_normal(args.samples).astype(np.float32)
+        prompt_ids = np.asarray(prompt + text[20:], dtype=np.int64)
+        groups.append(TrainGroup(prompt_ids, tuple(responses), advantages, vision=vision))
+    return groups
+
+
+def real_row(
+    model_dir: Path,
+    groups: Sequence[TrainGroup],
+    args: argparse.Namespace,
+    layout: str,
+) -> Row:
+    """The learner's rank in this process (world size 1), timed, then its memory freed."""
+    import torch.distributed as dist
+
+    cfg = LearnerConfig(
+        num_ranks=1,
+        gpus_per_rank=1.0 if torch.cuda.is_available() else 0.0,
+        param_dtype="bfloat16",
+        gradient_checkpointing=True,
+        max_tokens_per_microbatch=args.real_microbatch_tokens,
+        shared_prefix=layout == "shared",
+        loss=LossConfig(kl_coef=args.kl_coef),
+    )
+    row = Row("LearnerWorker", "1", layout)
+    try:
+        time_worker(model_dir, groups, cfg, args, row)
+    except torch.OutOfMemoryError:
+        row.layout += " (out of memory)"
+    finally:
+        # The worker went with time_worker's frame: free what it held before the next layout.
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return row
+
+
+def time_worker(
+    model_dir: Path,
+    groups: Sequence[TrainGroup],
+    cfg: LearnerConfig,
+    args: argparse.Namespace,
+    row: Row,
+) -> None:
+    """Build a rank, plan the step as LearnerGroup does for one rank, and time its steps."""
+    from vidrl.learner.group import combine_metrics
+    from vidrl.learner.worker import LearnerWorker
+
+    worker = LearnerWorker(0, 1, str(model_dir), cfg, seed=0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    worker.init_process_group("127.0.0.1", port)
+    worker.build()
+    batches = micro_batches(groups, cfg.max_tokens_per_microbatch, cfg.shared_prefix)
+    plan = [[groups[i] for i in batch] for batch in batches]
+    totals = step_totals(groups)
+
+    def step() -> dict[str, float]:
+        return combine_metrics([worker.train_step(plan, len(plan), totals, "grpo", groups[:1])])
+
+    run = (row, step)
+    measure([run], args.real_warmup)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    measure([run], args.real_steps)
+    if torch.cuda.is_available():
+        row.metrics[-1]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+
+
+def section_real(args: argparse.Namespace, folder: Path) -> None:
+    config = Qwen2_5_VLConfig(
+        text_config=QWEN25_VL_3B_TEXT,
+        vision_config=QWEN25_VL_3B_VISION,
+        tie_word_embeddings=True,
+        **QWEN25_VL_3B_TOKENS,
+    )
+    with torch.device("meta"):  # sizes only, no memory
+        parameters = sum(p.numel() for p in Qwen2_5_VLForConditionalGeneration(config).parameters())
+    print(
+        f"\n### (c) Real size: Qwen2.5-VL-3B shapes ({parameters / 1e9:.2f}B parameters), random "
+        f"weights, bf16 compute, gradient checkpointing, {args.real_prompts} prompts x "
+        f"{args.samples} samples of 2,048 visual + {args.real_response_tokens} response tokens, "
+        f"kl_coef {args.kl_coef}\n"
+    )
+    if not torch.cuda.is_available():
+        print("skipped: no CUDA GPU")
+        return
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(folder / "qwen25vl-3b")  # the learner loads a folder, as in training
+    del model
+    torch.cuda.empty_cache()
+    groups = real_batch(config, args)
+    rows = [real_row(folder / "qwen25vl-3b", groups, args, layout) for layout in args.layouts]
+    print_real_table(rows, parameters, sum(g.cost(shared_prefix=False) for g in groups), args)
+
+
+def print_real_table(
+    rows: Sequence[Row], parameters: int, plain_tokens: int, args: argparse.Namespace
+) -> None:
+    name = torch.cuda.get_device_name()
+    peak = next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+    print(f"{name}; MFU = 6 x parameters x tokens run/s / {peak or float('nan'):.3g} FLOP/s\n")
+    table = []
+    for row in rows:
+        if len(row.metrics) <= args.real_warmup:
+            table.append([row.layout, *["-"] * 6])
+            continue
+        seconds, tokens = row.mean("step_seconds", args.real_warmup), row.metrics[-1]["tokens"]
+        mfu = f"{6 * parameters * tokens / seconds / peak:.1%}" if peak else "n/a"
+        cells = [row.layout, f"{tokens:,.0f}", f"{seconds:.2f}", f"{tokens / seconds:,.0f}"]
+        cells += [f"{plain_tokens / seconds:,.0f}", f"{row.metrics[-1]['peak_gib']:.1f}", mfu]
+        table.append(cells)
+    header = ["layout", "tokens run", "step s", "tokens run/s", "batch tokens/s", "peak GiB", "MFU"]
+    print_table(header, table, text_columns=1)
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--prompts", type=int, default=4, help="(a) groups per step")
+    add("--samples", type=int, default=8, help="(a, c) responses per prompt (G)")
+    add("--response-tokens", type=int, default=64, help="(a) tokens per response")
+    add("--frames", type=int, default=16, help="(a) video frames (2 per temporal patch)")
+    add("--frame-size", type=int, default=112, help="(a) frame height and width in pixels")
+    add("--microbatch-tokens", type=int, default=4096, help="(a) micro-batch token budget")
+    add("--kl-coef", type=float, default=1e-2, help="(a, c) KL coefficient; 0: no reference")
+    add("--ranks", type=_ints, default=[1, 2], help="(a) LearnerGroup sizes, e.g. 1,2")
+    add("--layouts", type=_names, default=["plain", "shared"], help="(a, c) plain,shared")
+    add("--threads", type=int, default=2, help="(a, b) torch threads of each run, all ranks")
+    add("--warmup", type=int, default=2, help="(a) rounds left out of the means")
+    add("--steps", type=int, default=5, help="(a) measured rounds")
+    add("--prefix-prompts", type=int, default=1, help="(b) groups (~1,000-token prompts)")
+    add("--real-prompts", type=int, default=2, help="(c) groups per step")
+    add("--real-response-tokens", type=int, default=1024, help="(c) tokens per response")
+    add("--real-microbatch-tokens", type=int, default=16384, help="(c) micro-batch budget")
+    add("--real-warmup", type=int, default=1, help="(c) steps left out of the means")
+    add("--real-steps", type=int, default=3, help="(c) measured steps")
+    for section in ("tiny", "prefix", "real"):
+        add(f"--skip-{section}", action="store_true", help=f"leave out the {section} section")
+    return parser.parse_args()
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+def _names(text: str) -> list[str]:
+    return text.split(",")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as name:
+        if not args.skip_tiny:
+            section_tiny(args, Path(name))
+        if not args.skip_prefix:
+            section_prefix(args, Path(name))
+        if not args.skip_real:
+            section_real(args, Path(name))
+
+
+if __name__ == "__main__":
+    main()
