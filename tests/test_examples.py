@@ -240,3 +240,13 @@ def test_data_entries_read_as_their_tasks(tmp_path: Path, name: str, tasks: list
     assert [s.task for s in samples] == tasks
     # Every video the samples name is one of the files made above.
     assert all(Path(s.video).is_file() and str(s.video).startswith(str(root)) for s in samples)
+
+
+def test_synthetic_example_is_what_the_demo_trains() -> None:
+    from vidrl.config import load_run_config
+    from vidrl.demo import DEMO_OVERRIDES
+
+    from_file = load_run_config(EXAMPLES / "synthetic.yaml").model_dump()
+    from_demo = load_run_config(None, list(DEMO_OVERRIDES)).model_dump()
+    for part in ("prompt", "rewards", "video", "rollout", "learner", "cluster", "trainer"):
+        assert from_file[part] == from_demo[part], part

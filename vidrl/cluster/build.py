@@ -44,6 +44,7 @@ class Run:
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     started_ray: bool = False
     weights_version: int = 0
+    sampler_state: dict[str, Any] | None = None  # as of the last trained step (see driver.py)
 
     def shutdown(self) -> None:
         import ray

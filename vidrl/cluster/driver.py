@@ -20,6 +20,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ class Rollout:
 
     inputs: StepInputs
     batch: RolloutBatch
+    sampler_state: dict[str, Any]  # the sampler right after drawing these prompts
 
 
 def sample_and_generate(run: Run, step: int) -> Rollout:
@@ -47,10 +49,11 @@ def sample_and_generate(run: Run, step: int) -> Rollout:
 
     with run.timer.phase("data"):
         samples = run.sampler.next(run.cfg.trainer.prompts_per_step)
+        sampler_state = run.sampler.state_dict()
         inputs = run.inputs.step_inputs(samples, run.skips, put=ray.put)
     with run.timer.phase("rollout"):
         batch = run.rollout.generate(list(inputs.prompts), step)
-    return Rollout(inputs, batch)
+    return Rollout(inputs, batch, sampler_state)
 
 
 def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
@@ -140,6 +143,9 @@ def run_grpo(run: Run, start_step: int, on_step: object = None) -> None:
             if cfg.trainer.max_staleness == 1 and step + 1 < steps:
                 pending = executor.submit(sample_and_generate, run, step + 1)
             metrics = grpo_step(run, step, rollout)
+            # A checkpoint after this step resumes with the prompts after these ones, even
+            # when the next step's prompts were already drawn (max_staleness 1).
+            run.sampler_state = rollout.sampler_state
             metrics |= run.timer.pop() | {"time/step": time.perf_counter() - started}
             metrics["weights_version"] = float(run.weights_version)
             run.sink.log(step, metrics)

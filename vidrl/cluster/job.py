@@ -87,7 +87,8 @@ def checkpoint_dir(cfg: RunConfig, step: int) -> Path:
 def save(run: Run, step: int) -> Path:
     """Everything needed to continue after `step` GRPO steps."""
     path = checkpoint_dir(run.cfg, step)
-    extra = {"step": step, "weights_version": run.weights_version, "sampler": run.sampler.state_dict()}
+    sampler = run.sampler_state or run.sampler.state_dict()
+    extra = {"step": step, "weights_version": run.weights_version, "sampler": sampler}
     run.learner.save(str(path), extra)
     (path / "COMPLETE").write_text("ok\n")  # written last: a checkpoint cut short is never resumed
     log.info("checkpoint after step %d: %s", step, path)

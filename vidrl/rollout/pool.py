@@ -86,8 +86,12 @@ class RolloutPool:
         # Held while calls are submitted (never while engines run): see "Threads" above.
         self._lock = threading.RLock()
         self._workers: list[Any] = [self._start(i) for i in range(cfg.num_workers)]
-        ray.get([w.weights_version.remote() for w in self._workers])  # wait for the engines
         self._published: tuple[int, list[Any]] | None = None
+        for index, worker in enumerate(self._workers):  # they start in parallel; wait for all
+            try:
+                ray.get(worker.weights_version.remote())
+            except RayError as err:
+                raise RolloutWorkerError(index, _cause(err)) from err
 
     @property
     def workers(self) -> tuple[Any, ...]:
@@ -183,8 +187,8 @@ class RolloutPool:
             except RayError as err:
                 failures.append(WorkerFailure(w, _cause(err)))
                 log.error("rollout worker %d failed: %s; restarting it", w, failures[-1].cause)
-                worker = self._replace(w, handle)
                 try:
+                    worker = self._replace(w, handle)
                     results[w] = ray.get(getattr(worker, method).remote(*args(w)))
                 except RayError as again:
                     raise RolloutWorkerError(w, _cause(again)) from again
@@ -197,10 +201,14 @@ class RolloutPool:
             if self._workers[index] is failed:
                 ray.kill(failed, no_restart=True)
                 worker = self._start(index)
-                if self._published is not None:
-                    ray.get(worker.update_weights.remote(*self._published))
-                else:
-                    ray.get(worker.weights_version.remote())  # wait for its engine
+                try:
+                    if self._published is not None:
+                        ray.get(worker.update_weights.remote(*self._published))
+                    else:
+                        ray.get(worker.weights_version.remote())  # wait for its engine
+                except RayError:
+                    ray.kill(worker, no_restart=True)
+                    raise
                 self._workers[index] = worker
             return self._workers[index]
 

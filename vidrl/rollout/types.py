@@ -27,8 +27,9 @@ FinishReason = Literal["stop", "length", "abort"]
 length (a truncated response); abort: the engine dropped the request."""
 
 ClipSource: TypeAlias = "Clip | ObjectRef[Clip] | None"
-"""A prompt's frames: the clip itself, a reference to it in Ray's object store (the worker
-reads it zero-copy), or None for a text-only prompt."""
+"""A prompt's frames: a reference to the clip in Ray's object store (put once; the worker and
+the learner read it zero-copy), the clip itself (copied into the store with each call that
+carries it), or None for a text-only prompt."""
 
 
 @dataclass(frozen=True, slots=True)
