@@ -61,6 +61,9 @@ def init_ray(cfg: RunConfig) -> bool:
     """Join the configured cluster or start a local one; True when this call started it."""
     # Read when ray is imported: without it Ray swaps 127.0.0.1 for the machine's address.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray runs its workers at niceness 15 by default: on a busy machine the rollout and learner
+    # actors would then lose the CPU to everything else.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
 
     if ray.is_initialized():

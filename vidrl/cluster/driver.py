@@ -72,10 +72,11 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
     with run.timer.phase("sync"):
         run.weights_version += 1
         refs = run.learner.export_weights(run.weights_version)
-        run.rollout.update_weights(run.weights_version, refs)
+        update = run.rollout.update_weights(run.weights_version, refs)
     return {
         **{f"learner/{k}": v for k, v in metrics.items()},
         **batch.metrics.as_dict(),
+        **update.as_dict(),
         **reward_metrics,
         "reward/failures": float(len(scored.failures)),
         "groups/trained": float(len(groups)),
