@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +95,19 @@ def _records(path: Path) -> list[Any]:
 
 
 def read_temporal_r1(path: Path, data_folder: Path, skips: SkipLog) -> Iterator[Sample]:
-    for index, record in enumerate(_records(path)):
-        where = f"{path}[{index}]"
-        try:
-            yield temporal_r1_record(record, data_folder, where)
-            skips.ok()
-        except BadRecord as err:
-            skips.skip(where, str(err))
+    yield from _read_each(path, skips, lambda record, where: temporal_r1_record(record, data_folder, where))
 
 
 def read_gqa(path: Path, video_folder: Path, skips: SkipLog) -> Iterator[Sample]:
+    yield from _read_each(path, skips, lambda record, where: gqa_record(record, video_folder, where))
+
+
+def _read_each(path: Path, skips: SkipLog, read: Callable[[Any, str], Sample]) -> Iterator[Sample]:
+    """Every record of a JSON list through `read`; a bad one is skipped with its index."""
     for index, record in enumerate(_records(path)):
         where = f"{path}[{index}]"
         try:
-            yield gqa_record(record, video_folder, where)
+            yield read(record, where)
             skips.ok()
         except BadRecord as err:
             skips.skip(where, str(err))
