@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,16 +100,23 @@ def build_run(cfg: RunConfig, model_path: str | None = None) -> Run:
     (cfg.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     started = init_ray(cfg)
     rollout_strategies, learner_strategies = scheduling_strategies(cfg)
-    rollout = RolloutPool(cfg.rollout, path, scheduling=rollout_strategies)
+    # The engines and the learner ranks start at the same time (each takes seconds of imports).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="start-rollout") as starter:
+        starting = starter.submit(RolloutPool, cfg.rollout, path, scheduling=rollout_strategies)
+        learner = LearnerGroup(
+            path,
+            cfg.learner,
+            seed=cfg.seed,
+            scheduling=learner_strategies,
+            temperature=cfg.rollout.temperature,
+        )
+        rollout = starting.result()
     rewards = RewardPool(
         cfg.rewards,
         cfg.cluster.reward_actors,
         cfg.cluster.cpus_per_reward_actor,
         cfg.cluster.gpus_per_reward_actor,
         cfg.cluster.reward_timeout_seconds,
-    )
-    learner = LearnerGroup(
-        path, cfg.learner, seed=cfg.seed, scheduling=learner_strategies, temperature=cfg.rollout.temperature
     )
     inputs = LearnerInputs(
         path, cfg.video, cfg.prompt, cfg.rollout.min_pixels_per_frame, cfg.rollout.max_pixels_per_frame

@@ -106,11 +106,25 @@ def resume(run: Run) -> int:
     if path is None:
         return 0
     extra = run.learner.load(str(path))
+    trim_metrics(run.sink.path, int(extra["step"]))
     run.sampler.load_state_dict(extra["sampler"])
     run.weights_version = int(extra["weights_version"])
     run.rollout.update_weights(run.weights_version, run.learner.export_weights(run.weights_version))
     log.info("resumed from %s at step %d", path, extra["step"])
     return int(extra["step"])
+
+
+def trim_metrics(path: Path, first_step: int) -> None:
+    """Drop metric rows of steps at or after `first_step`: a run killed after its last
+    checkpoint logged steps that the resumed run does again."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if line.strip() and json.loads(line).get("step", -1) < first_step
+    ]
+    path.write_text("".join(kept), encoding="utf-8")
 
 
 def load_eval_samples(cfg: RunConfig) -> list[Sample]:
