@@ -46,7 +46,7 @@ from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForCondition
 from vidrl.data.tiny import build_tiny_model
 from vidrl.learner.batch import TrainGroup, VisionArrays, micro_batches, step_totals
 from vidrl.learner.config import LearnerConfig
-from vidrl.learner.forward import prompt_position_ids
+from vidrl.learner.forward import config_prompt_position_ids
 from vidrl.learner.grpo import entropy_from_logits, group_advantages, grpo_loss, token_logprobs
 from vidrl.learner.loss_config import LossConfig
 from vidrl.learner.prefix import response_positions
@@ -88,13 +88,11 @@ def plain_sequences(
 ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
     """(ids [P + L], positions [3, P + L], P) of each response behind its own prompt copy."""
     prompt, vision = torch.from_numpy(group.prompt_ids), group.vision
-    positions = prompt_position_ids(
+    positions = config_prompt_position_ids(
+        config,
         prompt,
-        config.video_token_id,
         None if vision is None else torch.from_numpy(vision.video_grid_thw),
         None if vision is None else vision.second_per_grid_ts.tolist(),
-        spatial_merge_size=config.vision_config.spatial_merge_size,
-        tokens_per_second=config.vision_config.tokens_per_second,
     )
     return [
         (

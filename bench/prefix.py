@@ -38,7 +38,7 @@ from vidrl.data.tiny import TinyQwenShape, build_tiny_model
 from vidrl.learner.forward import (
     ResponseLogprobs,
     VisionInputs,
-    prompt_position_ids,
+    config_prompt_position_ids,
     response_logprobs_plain,
     response_logprobs_shared,
 )
@@ -98,13 +98,8 @@ def build_workload(
             return_tensors="pt",
         )
         ids = out["input_ids"][0]
-        positions = prompt_position_ids(
-            ids,
-            model.config.video_token_id,
-            out["video_grid_thw"],
-            out["second_per_grid_ts"],
-            spatial_merge_size=model.config.vision_config.spatial_merge_size,
-            tokens_per_second=model.config.vision_config.tokens_per_second,
+        positions = config_prompt_position_ids(
+            model.config, ids, out["video_grid_thw"], out["second_per_grid_ts"]
         )
         # Ordinary vocabulary only (no special tokens), as a sampler would produce.
         responses = torch.randint(1, 400, (args.samples, args.response_tokens), generator=generator)

@@ -23,6 +23,7 @@ from vidrl.data.tiny import build_tiny_model
 from vidrl.learner.forward import (
     ResponseLogprobs,
     VisionInputs,
+    config_prompt_position_ids,
     model_attention_mask,
     prompt_position_ids,
 )
@@ -219,13 +220,8 @@ def video_prompt(
         text=[text], videos=[video], videos_kwargs={"do_sample_frames": False}, return_tensors="pt"
     )
     ids = out["input_ids"][0]
-    positions = prompt_position_ids(
-        ids,
-        model.config.video_token_id,
-        out["video_grid_thw"],
-        out["second_per_grid_ts"],
-        spatial_merge_size=model.config.vision_config.spatial_merge_size,
-        tokens_per_second=model.config.vision_config.tokens_per_second,
+    positions = config_prompt_position_ids(
+        model.config, ids, out["video_grid_thw"], out["second_per_grid_ts"]
     )
     vision = VisionInputs(out["pixel_values_videos"], out["video_grid_thw"])
     return (ids, positions, vision), out

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,6 +120,24 @@ def prompt_position_ids(
     if video != len(grids):
         raise ValueError(f"{len(grids)} videos in the grid but {video} runs of video tokens")
     return torch.cat(pieces, dim=1).long() if pieces else torch.zeros(3, 0, dtype=torch.long)
+
+
+def config_prompt_position_ids(
+    config: Any,
+    input_ids: torch.Tensor,
+    video_grid_thw: torch.Tensor | None = None,
+    second_per_grid_ts: Sequence[float] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`prompt_position_ids` with the token id and sizes read from a Qwen2.5-VL model config."""
+    vision = config.vision_config
+    return prompt_position_ids(
+        input_ids,
+        config.video_token_id,
+        video_grid_thw,
+        second_per_grid_ts,
+        spatial_merge_size=vision.spatial_merge_size,
+        tokens_per_second=getattr(vision, "tokens_per_second", 2.0),
+    )
 
 
 def attention_implementation(model: nn.Module) -> str:

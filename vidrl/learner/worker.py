@@ -30,7 +30,7 @@ from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import (
     ResponseLogprobs,
     VisionInputs,
-    prompt_position_ids,
+    config_prompt_position_ids,
     response_logprobs_plain,
     response_logprobs_shared,
 )
@@ -234,14 +234,11 @@ class LearnerWorker:
 
     def _pack(self, group: TrainGroup) -> PackedGroup:
         prompt = torch.from_numpy(group.prompt_ids).long()
-        vision_cfg = self.config.vision_config
-        positions = prompt_position_ids(
+        positions = config_prompt_position_ids(
+            self.config,
             prompt,
-            self.config.video_token_id,
             None if group.vision is None else torch.from_numpy(group.vision.video_grid_thw),
             None if group.vision is None else group.vision.second_per_grid_ts.tolist(),
-            spatial_merge_size=vision_cfg.spatial_merge_size,
-            tokens_per_second=getattr(vision_cfg, "tokens_per_second", 2.0),
         )
         return pack_group(prompt, positions, [r.tolist() for r in group.responses])
 
