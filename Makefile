@@ -15,7 +15,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test lint format install bench-deps clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ $(TOOLS)/.installed: scripts/install_tools.sh
 
 test: lint $(TOOLS)/.installed
 	$(BIN)/python -m pytest -q
+
+# Benchmark-only peers (TRL for bench/e2e.py), pinned, on top of the lock without resolution.
+bench-deps: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements/bench.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

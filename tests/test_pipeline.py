@@ -1,6 +1,6 @@
 """The whole pipeline, small: SFT warm start, GRPO with vLLM rollout, reward pool and a 2-rank
-FSDP2 learner, one step off-policy, checkpoints, and a resumed run that goes on from the last
-checkpoint with the next unseen prompts."""
+FSDP2 learner, one step off-policy, the online gate with refills, checkpoints, and a resumed run
+that goes on from the last checkpoint with the next unseen prompts and the same gate state."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
+
+DIGITS = f"{Path(__file__).parent / 'rewards_for_tests.py'}:digit_share"
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,16 @@ def config(assets: dict[str, Path], steps: int) -> object:
             "rollout.max_response_tokens=12",
             "trainer.eval_max_samples=3",
             "trainer.checkpoint_every_steps=2",
+            "trainer.eval_every_steps=2",
             "trainer.max_staleness=1",
             "trainer.progress_bar=false",
             "trainer.tensorboard=true",
+            # The tiny model's answers after 2 SFT steps score 0 under every real reward: the share
+            # of digits gives groups spread (or, by chance, none) for the gate to judge.
+            "rewards.preset=null",
+            f"rewards.components=[{{name: digits, fn: '{DIGITS}', per_sample: true}}]",
+            "gate.enabled=true",
+            "gate.max_refill_rounds=1",
         ],
     )
 
@@ -67,17 +76,27 @@ def test_train_then_resume(assets: dict[str, Path]) -> None:
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert [r["weights_version"] for r in rows] == [1, 2, 3]
-    assert all(r["rollout/responses"] == 6 for r in rows)  # 2 prompts x 3 samples
-    assert all(r["groups/trained"] >= 1 for r in rows)
+    # 2 prompts a step, plus at most one refill of the groups the gate dropped
+    assert all(2 <= r["groups/drawn"] <= 4 for r in rows)
+    assert all(r["rollout/responses"] == 3 * r["groups/generated"] for r in rows)  # 3 samples each
+    assert all(r["groups/trained"] == r["groups/kept"] <= 2 for r in rows)
+    assert sum(r["groups/trained"] for r in rows) >= 1
     assert {"time/rollout", "time/learn", "time/sync", "learner/grad_norm", "reward/mean"} <= rows[0].keys()
-    assert "eval_before" in summary and "eval_after" in summary
+    assert "eval_before" in summary and "eval_after" in summary and "reward" in summary["eval_after"]
+    # every 2 steps a held-out evaluation is logged with the step's row (not after the last step)
+    assert ["eval/tvg/mIoU" in r for r in rows] == [False, True, False]
     assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").exists()  # every 2 steps
-    mid = json.loads((run_dir / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
-    assert mid["extra"]["sampler"]["position"] == 4  # step 2 was already drawn (staleness 1), not counted
+    mid = json.loads((run_dir / "checkpoints" / "step_000002" / "trainer_state.json").read_text())["extra"]
+    # step 2 was already drawn (staleness 1) but is not counted: the resumed run draws it again
+    assert mid["sampler"]["position"] == sum(r["groups/drawn"] for r in rows[:2])
+    assert mid["gate"] == {
+        "groups_seen": int(rows[1]["gate/groups_seen"]),
+        "groups_kept": int(rows[1]["gate/groups_kept"]),
+    }
     assert (run_dir / "checkpoints" / "step_000003" / "hf" / "model.safetensors").exists()  # final
     assert (run_dir / "sft" / "hf" / "config.json").exists() and any((run_dir / "tb").iterdir())
     state = json.loads((run_dir / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
-    assert state["extra"]["sampler"]["position"] == 6  # 3 steps x 2 prompts drawn, none replayed
+    assert state["extra"]["sampler"]["position"] == sum(r["groups/drawn"] for r in rows)  # none replayed
     assert len(plot_run(run_dir)) == 4
 
     resumed = train(config(assets, steps=5))  # type: ignore[arg-type]
@@ -85,8 +104,12 @@ def test_train_then_resume(assets: dict[str, Path]) -> None:
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]  # went on where it stopped
     assert [r["weights_version"] for r in rows][3:] == [4, 5]
+    seen = kept = 0
+    for row in rows:  # the gate's counts run on across the resume
+        seen, kept = seen + row["groups/generated"], kept + row["groups/kept"]
+        assert (row["gate/groups_seen"], row["gate/groups_kept"]) == (seen, kept)
     state = json.loads((run_dir / "checkpoints" / "step_000005" / "trainer_state.json").read_text())
-    assert state["extra"]["sampler"]["position"] == 10
+    assert state["extra"]["sampler"]["position"] == sum(r["groups/drawn"] for r in rows)
 
 
 def test_a_rollout_worker_killed_mid_run_is_restarted(assets: dict[str, Path]) -> None:

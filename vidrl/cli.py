@@ -86,22 +86,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from vidrl.cluster.build import init_ray
+    from vidrl.cluster.build import ray_session
     from vidrl.cluster.sft import run_sft
     from vidrl.config import load_run_config
 
     cfg = load_run_config(args.config, args.overrides)
     if cfg.trainer.sft_steps == 0:
         raise SystemExit("vidrl sft: trainer.sft_steps is 0; set it, e.g. trainer.sft_steps=50")
-    started = init_ray(cfg)
-    try:
+    with ray_session(cfg):
         path = run_sft(cfg, cfg.run_dir / "sft")
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     print(f"SFT model written to {path}")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from vidrl.config import load_run_config
+    from vidrl.selection.run import run_select
+
+    cfg = load_run_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else cfg.run_dir / "selection"
+    written = run_select(cfg, out, model_path=args.model)
+    print(written.summary.read_text(encoding="utf-8"), end="")
+    print(f"table: {written.stats}\nselected: {written.selected}\nhistogram: {written.histogram}")
     return 0
 
 
@@ -110,6 +116,39 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     for path in plot_run(args.run_dir):
         print(path)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vidrl.evaluation.compare import compare_runs
+
+    if args.compare:
+        try:
+            print(compare_runs(args.compare))
+        except ValueError as err:  # a file that is not an evaluation summary
+            raise SystemExit(f"vidrl eval: {err}") from None
+        return 0
+    from vidrl.cluster.eval_job import VARIANTS, model_names, run_eval
+    from vidrl.config import load_run_config
+    from vidrl.evaluation.compare import format_table
+
+    if args.config is None:
+        raise SystemExit("vidrl eval: give a run config (or --compare RUN_A RUN_B ...)")
+    cfg = load_run_config(args.config, args.overrides)
+    specs = args.model or ([cfg.model_path] if cfg.model_path else [])
+    if not specs:
+        raise SystemExit("vidrl eval: no model (give --model PATH or set model_path in the config)")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    if variants and not set(variants) <= set(VARIANTS):
+        raise SystemExit(f"vidrl eval: --variants takes {', '.join(VARIANTS)}, got {args.variants}")
+    try:
+        models = model_names(specs)
+    except ValueError as err:
+        raise SystemExit(f"vidrl eval: {err}") from None
+    out = Path(args.out) if args.out else cfg.run_dir / "eval"
+    summaries = run_eval(cfg, models, out, args.data, variants, args.parser)
+    print(format_table(summaries))
+    print(f"predictions and summary.json under {out}")
     return 0
 
 
@@ -162,9 +201,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides")
     p.set_defaults(func=cmd_sft)
 
+    p = sub.add_parser("select", help="repeated inference, then keep the samples whose rewards vary")
+    p.add_argument("config", help="run config YAML (selection.* sets K and the policy)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. selection.repeats=16")
+    p.add_argument("--model", default=None, help="model to sample from (default: model_path)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/selection)")
+    p.set_defaults(func=cmd_select)
+
     p = sub.add_parser("plot", help="PNGs of reward, length, KL/clip and phase times of a run")
     p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("eval", help="greedy evaluation of a checkpoint; or --compare evaluations")
+    p.add_argument("config", nargs="?", default=None, help="run config YAML (prompt, video, rollout)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, right after CONFIG")
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="Hugging Face model folder (default: model_path); repeat to evaluate several with one pool",
+    )
+    p.add_argument("--data", default=None, help="evaluation data (default: data.eval_path)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval)")
+    p.add_argument("--variants", default=None, help="think,no_think (default: the config's)")
+    p.add_argument("--parser", choices=["tags", "lmms"], default="tags", help="prediction parser")
+    p.add_argument("--compare", nargs="+", default=None, metavar="RUN", help="eval folders to tabulate")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the embedded default job on synthetic data and a tiny model")
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")

@@ -1,7 +1,7 @@
 """RunConfig: one typed config composed of each part's own config.
 
 Each part keeps its config next to its code (`vidrl.data.config`, `vidrl.data.video`,
-`vidrl.data.prompts`, `vidrl.rewards.config`); this module only composes them and
+`vidrl.data.prompts`, `vidrl.rewards.config`, `vidrl.selection.config`); this module only composes them and
 loads them from YAML with dotted overrides (`vidrl.overrides`).
 """
 
@@ -21,6 +21,7 @@ from vidrl.learner.config import LearnerConfig
 from vidrl.overrides import ConfigError, dump_config, load_config
 from vidrl.rewards.config import RewardsConfig
 from vidrl.rollout.config import RolloutConfig
+from vidrl.selection.config import GateConfig, SelectionConfig
 
 __all__ = ["ConfigError", "RunConfig", "dump_config", "load_run_config"]
 
@@ -50,6 +51,10 @@ class RunConfig(StrictConfig):
     """Where actors run: the Ray cluster, placement, node pins, reward actors."""
     trainer: TrainerConfig = TrainerConfig()
     """Steps, prompts per step, warm start, checkpoints, evaluation, logging."""
+    gate: GateConfig = GateConfig()
+    """The online group filter of training (drop groups without reward spread, refill)."""
+    selection: SelectionConfig = SelectionConfig()
+    """Offline selection by repeated inference (`vidrl select`): repeats and the keep policy."""
 
     @model_validator(mode="after")
     def _prompt_and_reward_agree(self) -> RunConfig:

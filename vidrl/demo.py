@@ -6,8 +6,11 @@ model, on the local machine, with no downloads.
 3. score a spread of responses (perfect, shifted, reversed, no reasoning, garbage) with every
    reward preset: what each reward pays for;
 4. train: SFT warm start (so the tiny model emits the answer format), then GRPO with a vLLM
-   rollout worker, the reward actor pool and a 2-rank FSDP2 learner, evaluating before and after;
-5. write the plots and print a summary with mIoU before and after.
+   rollout worker, the reward actor pool and a 2-rank FSDP2 learner;
+5. evaluate the SFT warm start and the final GRPO checkpoint on the held-out videos with the
+   `vidrl eval` harness (one rollout pool: the GRPO weights are pushed into the engine that
+   evaluated the SFT model), all in the Ray cluster that trained;
+6. write the plots and print a summary with the side-by-side evaluation table.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from vidrl.data.answers import render_answer, render_response
 from vidrl.data.config import DataConfig
@@ -26,6 +29,9 @@ from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
 from vidrl.rewards.config import RewardsConfig, build_reward
 from vidrl.rewards.types import RewardInput
+
+if TYPE_CHECKING:
+    from vidrl.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +107,7 @@ def run_demo(out: Path, seed: int = 0, train: bool = True) -> DemoReport:
 
 
 def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Path, seed: int) -> None:
+    from vidrl.cluster.build import ray_session
     from vidrl.cluster.job import train
     from vidrl.cluster.plots import plot_run
     from vidrl.config import load_run_config
@@ -109,23 +116,52 @@ def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Pat
         *DEMO_OVERRIDES,
         f"model_path={model_dir}",
         f"data.train_path={train_yaml}",
-        f"data.eval_path={test_yaml}",
+        # Evaluated afterwards by the `vidrl eval` harness, not inside the run (the same greedy
+        # answers twice would only cost time).
+        "data.eval_path=null",
         f"output_dir={report.out / 'runs'}",
         "run_name=grpo",
         f"seed={seed}",
         f"rollout.seed={seed}",
     ]
     cfg = load_run_config(None, overrides)
-    summary = train(cfg)
-    report.did(
-        f"trained: SFT warm start ({cfg.trainer.sft_steps} steps), then GRPO "
-        f"({cfg.trainer.steps} steps) with 1 vLLM rollout worker, the reward pool and a "
-        f"2-rank FSDP2 learner; run directory {cfg.run_dir}"
-    )
-    report.numbers["eval_before"] = summary.get("eval_before", {})
-    report.numbers["eval_after"] = summary.get("eval_after", {})
+    with ray_session(cfg):  # one Ray cluster for training and evaluation
+        train(cfg)
+        report.did(
+            f"trained: SFT warm start ({cfg.trainer.sft_steps} steps), then GRPO "
+            f"({cfg.trainer.steps} steps) with 1 vLLM rollout worker, the reward pool and a "
+            f"2-rank FSDP2 learner; run directory {cfg.run_dir}"
+        )
+        _evaluate(report, cfg, test_yaml)
     report.numbers["plots"] = [str(p) for p in plot_run(cfg.run_dir)]
     report.did(f"wrote plots into {cfg.run_dir / 'plots'}")
+
+
+def _evaluate(report: DemoReport, cfg: RunConfig, test_yaml: Path) -> None:
+    """The SFT warm start and the final GRPO model through the `vidrl eval` harness."""
+    from vidrl.cluster.eval_job import evaluate_models, load_eval_set, write_eval
+    from vidrl.cluster.job import latest_checkpoint
+    from vidrl.evaluation.compare import format_table
+
+    final = latest_checkpoint(cfg)
+    if final is None:
+        raise RuntimeError(f"{cfg.run_dir}: training left no checkpoint to evaluate")
+    models = {"sft": str(cfg.run_dir / "sft" / "hf"), "grpo": str(final / "hf")}
+    samples, _ = load_eval_set(cfg, str(test_yaml))
+    samples = samples[: cfg.trainer.eval_max_samples]
+    results = evaluate_models(cfg, models, samples)
+    summaries = {
+        name: write_eval(
+            report.out / "eval" / name, by_variant, {"model": models[name], "data": str(test_yaml)}
+        )
+        for name, by_variant in results.items()
+    }
+    where = report.out / "eval"
+    report.did(f"evaluated the SFT and GRPO models (greedy, {len(samples)} held-out samples) into {where}")
+    report.numbers["evaluation"] = {name: s["variants"] for name, s in summaries.items()}
+    report.numbers["eval_table"] = format_table(
+        {"after SFT": summaries["sft"], "after GRPO": summaries["grpo"]}
+    )
 
 
 RESPONSE_KINDS = ("reference", "shifted", "reversed", "no_think", "garbage")
@@ -212,12 +248,10 @@ def print_summary(report: DemoReport) -> None:
     print(f"  {'kind':<10}" + "".join(f"{p:>14}" for p in PRESETS))
     for kind, by_preset in report.numbers["mean_reward_by_kind"].items():
         print(f"  {kind:<10}" + "".join(f"{by_preset.get(p, float('nan')):>14.3f}" for p in PRESETS))
-    before, after = report.numbers.get("eval_before"), report.numbers.get("eval_after")
-    if before and after:
-        print("\n  held-out evaluation (greedy)        after SFT    after GRPO")
-        for task, key in (("tvg", "mIoU"), ("tvg", "R1@0.5"), ("mcq", "accuracy")):
-            if task in before and task in after:
-                print(f"  {task} {key:<30} {before[task][key]:>9.1f}    {after[task][key]:>10.1f}")
-        for path in report.numbers.get("plots", []):
-            print(f"  plot: {path}")
+    table = report.numbers.get("eval_table")
+    if table:
+        print("\n  held-out evaluation (greedy, `vidrl eval` harness)")
+        print("\n".join(f"  {line}" for line in table.splitlines()))
+    for path in report.numbers.get("plots", []):
+        print(f"  plot: {path}")
     print(f"\n  took {report.numbers['seconds']} s; summary in {report.out / 'summary.json'}")

@@ -1,7 +1,7 @@
 """Building every actor of a run from its config, in one place (the driver only drives them).
 
 ray        join cluster.address, or start a local cluster on 127.0.0.1
-data       training samples (skips counted), the resumable prompt sampler
+data       training samples (skips counted), the resumable prompt sampler, the group gate
 inputs     the processor-side data stage (decode once, prompts, learner groups)
 rollout    RolloutPool: rollout.num_workers vLLM actors
 rewards    RewardPool: cluster.reward_actors actors
@@ -11,20 +11,23 @@ sink       metrics.jsonl, TensorBoard, W&B
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from vidrl.cluster.inputs import LearnerInputs
 from vidrl.cluster.metrics import MetricsSink, PhaseTimer
-from vidrl.cluster.resources import scheduling_strategies
+from vidrl.cluster.resources import Placement, scheduling_strategies
 from vidrl.cluster.sampler import PromptSampler
 from vidrl.config import RunConfig, dump_config
 from vidrl.data.readers import load_samples
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
+from vidrl.selection.gates import Gate, NoGate, build_gate
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,12 @@ class Run:
     learner: Any
     sink: MetricsSink
     timer: PhaseTimer = field(default_factory=PhaseTimer)
+    placement: Placement | None = None
     started_ray: bool = False
     weights_version: int = 0
+    gate: Gate = field(default_factory=NoGate)
     sampler_state: dict[str, Any] | None = None  # as of the last trained step (see driver.py)
+    gate_state: dict[str, Any] | None = None  # likewise
 
     def shutdown(self) -> None:
         import ray
@@ -54,6 +60,8 @@ class Run:
             if part is not None:
                 part.shutdown()
         self.sink.close()
+        if self.placement is not None:
+            self.placement.remove()
         if self.started_ray:
             ray.shutdown()
 
@@ -85,12 +93,35 @@ def init_ray(cfg: RunConfig) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def ray_session(cfg: RunConfig) -> Iterator[None]:
+    """`init_ray(cfg)` for the duration of a block; a cluster started here is stopped after it."""
+    started = init_ray(cfg)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def reward_pool(cfg: RunConfig) -> Any:
+    """The RewardPool of `cluster.reward_actors` actors scoring with `cfg.rewards`."""
+    from vidrl.rewards.pool import RewardPool
+
+    c = cfg.cluster
+    return RewardPool(
+        cfg.rewards,
+        c.reward_actors,
+        c.cpus_per_reward_actor,
+        c.gpus_per_reward_actor,
+        c.reward_timeout_seconds,
+    )
+
+
 def build_run(cfg: RunConfig, model_path: str | None = None) -> Run:
     """Start every actor the config asks for (model_path overrides cfg.model_path)."""
-    from vidrl.learner.group import LearnerGroup
-    from vidrl.rewards.pool import RewardPool
-    from vidrl.rollout.pool import RolloutPool
-
     path = model_path or cfg.model_path
     if path is None or cfg.data.train_path is None:
         raise ValueError("a run needs model_path and data.train_path")
@@ -99,25 +130,16 @@ def build_run(cfg: RunConfig, model_path: str | None = None) -> Run:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     started = init_ray(cfg)
-    rollout_strategies, learner_strategies = scheduling_strategies(cfg)
-    # The engines and the learner ranks start at the same time (each takes seconds of imports).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="start-rollout") as starter:
-        starting = starter.submit(RolloutPool, cfg.rollout, path, scheduling=rollout_strategies)
-        learner = LearnerGroup(
-            path,
-            cfg.learner,
-            seed=cfg.seed,
-            scheduling=learner_strategies,
-            temperature=cfg.rollout.temperature,
-        )
-        rollout = starting.result()
-    rewards = RewardPool(
-        cfg.rewards,
-        cfg.cluster.reward_actors,
-        cfg.cluster.cpus_per_reward_actor,
-        cfg.cluster.gpus_per_reward_actor,
-        cfg.cluster.reward_timeout_seconds,
-    )
+    placement = scheduling_strategies(cfg)
+    try:
+        rollout, learner, rewards = start_actors(cfg, path, placement)
+    except BaseException:
+        placement.remove()
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise
     inputs = LearnerInputs(
         path, cfg.video, cfg.prompt, cfg.rollout.min_pixels_per_frame, cfg.rollout.max_pixels_per_frame
     )
@@ -146,5 +168,35 @@ def build_run(cfg: RunConfig, model_path: str | None = None) -> Run:
         rewards,
         learner,
         sink,
+        gate=build_gate(cfg.gate),
+        placement=placement,
         started_ray=started,
     )
+
+
+def start_actors(cfg: RunConfig, path: str, placement: Placement) -> tuple[Any, Any, Any]:
+    """The rollout pool, the learner group and the reward pool; on failure, none is left running."""
+    from vidrl.learner.group import LearnerGroup
+    from vidrl.rollout.pool import RolloutPool
+
+    started: list[Any] = []
+    try:
+        # The engines and the learner ranks start at the same time (each takes seconds of imports).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="start-rollout") as starter:
+            starting = starter.submit(RolloutPool, cfg.rollout, path, scheduling=placement.rollout)
+            starting.add_done_callback(lambda f: f.exception() is None and started.append(f.result()))
+            learner = LearnerGroup(
+                path,
+                cfg.learner,
+                seed=cfg.seed,
+                scheduling=placement.learner,
+                temperature=cfg.rollout.temperature,
+            )
+            started.append(learner)
+        rollout = starting.result()
+        rewards = reward_pool(cfg)
+    except BaseException:
+        for part in started:  # leaving the executor waited for the pool: it is here if it started
+            part.shutdown()
+        raise
+    return rollout, learner, rewards

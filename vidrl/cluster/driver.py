@@ -1,23 +1,26 @@
-"""The GRPO and SFT loops. `grpo_step` is the whole algorithm, top to bottom:
+"""The GRPO loop. One step, top to bottom (`collect` then `grpo_step`):
 
     prompts   = sampler.next(prompts_per_step), decoded once, frames in the object store
     groups    = rollout.generate(prompts)          # [P] groups of G responses + log-probs
     scores    = rewards.score(groups)              # [P, G] totals + named components
-    groups    = gate(groups, scores)               # (vidrl.selection supplies gates; none yet)
-    adv       = group_advantages(scores)           # [P, G]
+    kept      = gate.admit(scores)                 # groups with reward spread (vidrl.selection);
+                                                   # dropped ones are refilled with new prompts
+    adv       = group_advantages(scores[kept])     # [P', G]
     metrics   = learner.train_step(groups, adv)    # FSDP2 update on N ranks
     rollout.update_weights(learner.export_weights(v + 1))
-    sink.log(step, metrics | rollout | reward | phase times)
+    sink.log(step, metrics | rollout | reward | gate | phase times)
 
-With `trainer.max_staleness: 1` the rollout of step t+1 runs (in a thread, on the rollout
-actors) while step t is scored and learned: its responses come from weights one update old,
-and the clipped importance ratio corrects for that (one-step off-policy).
+With `trainer.max_staleness: 1` the collection of step t+1 (rollout, rewards, gate) runs in a
+thread, on the rollout and reward actors, while step t is learned: its responses come from
+weights one update old, and the clipped importance ratio corrects for that (one-step
+off-policy).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -30,35 +33,63 @@ from vidrl.cluster.inputs import StepInputs
 from vidrl.learner.batch import TrainGroup
 from vidrl.learner.grpo import group_advantages
 from vidrl.rewards.types import RewardInput, RewardScore
-from vidrl.rollout.types import RolloutBatch
+from vidrl.rollout.types import RolloutBatch, RolloutGroup
+from vidrl.selection.gates import filter_groups, prompts_to_draw
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Rollout:
-    """One step's prompts and the groups the engines returned for them."""
+class Round:
+    """One draw of prompts: their inputs, the groups the engines returned, the scores.
 
+    drawn: prompts drawn from the sampler (a prompt whose video failed to decode is counted
+    here but has no input); scores[g][i] is the score of batch.groups[g].responses[i]
+    (None: the reward failed); kept holds the indices of the groups the gate admitted.
+    """
+
+    drawn: int
     inputs: StepInputs
     batch: RolloutBatch
-    sampler_state: dict[str, Any]  # the sampler right after drawing these prompts
+    scores: tuple[tuple[RewardScore | None, ...], ...]
+    kept: tuple[int, ...]
+    reward_failures: int
 
 
-def sample_and_generate(run: Run, step: int) -> Rollout:
+@dataclass(frozen=True)
+class Rollout:
+    """One step's rounds (the first draw, then refills) and the selection state right after
+    them: a checkpoint after this step resumes the sampler and the gate from here."""
+
+    rounds: tuple[Round, ...]
+    sampler_state: dict[str, Any]
+    gate_state: dict[str, Any]
+    gate_metrics: dict[str, float]
+
+
+def collect(run: Run, step: int) -> Rollout:
+    """Draw prompts, generate, score and gate until `prompts_per_step` groups are kept or the
+    refill rounds (`gate.max_refill_rounds`) are spent."""
+    wanted = run.cfg.trainer.prompts_per_step
+    rounds: list[Round] = []
+    kept, draw = 0, wanted
+    while draw:
+        rounds.append(draw_round(run, step, draw))
+        kept += len(rounds[-1].kept)
+        draw = prompts_to_draw(kept, wanted, len(rounds) - 1, run.cfg.gate)
+    return Rollout(tuple(rounds), run.sampler.state_dict(), run.gate.state_dict(), run.gate.metrics())
+
+
+def draw_round(run: Run, step: int, count: int) -> Round:
+    """`count` new prompts through rollout, rewards and the gate."""
     import ray
 
     with run.timer.phase("data"):
-        samples = run.sampler.next(run.cfg.trainer.prompts_per_step)
-        sampler_state = run.sampler.state_dict()
+        samples = run.sampler.next(count)
         inputs = run.inputs.step_inputs(samples, run.skips, put=ray.put)
     with run.timer.phase("rollout"):
+        # Refill rounds reuse the step's seed: their prompts differ, so their responses do too.
         batch = run.rollout.generate(list(inputs.prompts), step)
-    return Rollout(inputs, batch, sampler_state)
-
-
-def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
-    """Score, filter, learn and push weights for one step's rollout; returns its metrics."""
-    inputs, batch = rollout.inputs, rollout.batch
     with run.timer.phase("reward"):
         reward_inputs = [
             RewardInput(sample=inputs.samples[g.prompt_index], response=r.text)
@@ -66,8 +97,27 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
             for r in g.responses
         ]
         scored = run.rewards.score(reward_inputs)
+    scores = regroup(batch.groups, scored.scores)
+    totals = [[s.total for s in group if s is not None] for group in scores]
+    kept = filter_groups(run.gate, totals)
+    return Round(count, inputs, batch, scores, tuple(kept), len(scored.failures))
+
+
+def regroup(
+    groups: Sequence[RolloutGroup], flat: Sequence[RewardScore | None]
+) -> tuple[tuple[RewardScore | None, ...], ...]:
+    """Flat scores (group after group, response after response) -> one tuple per group."""
+    out, cursor = [], 0
+    for group in groups:
+        out.append(tuple(flat[cursor : cursor + len(group.responses)]))
+        cursor += len(group.responses)
+    return tuple(out)
+
+
+def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
+    """Learn from one step's kept groups and push the weights; returns the step's metrics."""
     with run.timer.phase("learn"):
-        groups, reward_metrics = learner_groups(run, rollout, scored.scores)
+        groups = [g for r in rollout.rounds for g in learner_groups(run, r)]
         metrics = run.learner.train_step(groups) if groups else {}
     with run.timer.phase("sync"):
         run.weights_version += 1
@@ -75,34 +125,29 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
         update = run.rollout.update_weights(run.weights_version, refs)
     return {
         **{f"learner/{k}": v for k, v in metrics.items()},
-        **batch.metrics.as_dict(),
+        **rollout_metrics(rollout.rounds),
         **update.as_dict(),
-        **reward_metrics,
-        "reward/failures": float(len(scored.failures)),
+        **reward_metrics(rollout.rounds),
+        **rollout.gate_metrics,
+        "groups/drawn": float(sum(r.drawn for r in rollout.rounds)),
+        "groups/generated": float(sum(len(r.batch.groups) for r in rollout.rounds)),
+        "groups/kept": float(sum(len(r.kept) for r in rollout.rounds)),
         "groups/trained": float(len(groups)),
+        "groups/refill_rounds": float(len(rollout.rounds) - 1),
     }
 
 
-def learner_groups(
-    run: Run, rollout: Rollout, scores: list[RewardScore | None]
-) -> tuple[list[TrainGroup], dict[str, float]]:
-    """Advantages per group (responses whose reward failed are left out) and reward metrics."""
-    cfg, inputs = run.cfg, rollout.inputs
+def learner_groups(run: Run, round_: Round) -> list[TrainGroup]:
+    """The kept groups with their advantages; responses whose reward failed are left out."""
+    loss = run.cfg.learner.loss
     out: list[TrainGroup] = []
-    totals: list[float] = []
-    components: dict[str, list[float]] = {}
-    lengths: list[int] = []
-    cursor = 0
-    for group in rollout.batch.groups:
-        group_scores = scores[cursor : cursor + len(group.responses)]
-        cursor += len(group.responses)
-        keep = [i for i, s in enumerate(group_scores) if s is not None]
+    for index in round_.kept:
+        group, scores = round_.batch.groups[index], round_.scores[index]
+        keep = [i for i, s in enumerate(scores) if s is not None]
         if not keep:
             continue
-        values = torch.tensor([[group_scores[i].total for i in keep]])  # type: ignore[union-attr]
-        adv = group_advantages(values, cfg.learner.loss.advantage_estimator, cfg.learner.loss.advantage_eps)[
-            0
-        ]
+        values = torch.tensor([[scores[i].total for i in keep]])  # type: ignore[union-attr]
+        adv = group_advantages(values, loss.advantage_estimator, loss.advantage_eps)[0]
         kept = type(group)(
             group.prompt_index,
             group.sample_id,
@@ -111,25 +156,59 @@ def learner_groups(
             tuple(group.responses[i] for i in keep),
             group.weights_version,
         )
-        prompt, clip = inputs.prompts[group.prompt_index], inputs.clips[group.prompt_index]
+        prompt, clip = round_.inputs.prompts[group.prompt_index], round_.inputs.clips[group.prompt_index]
         out.append(run.inputs.train_group(kept, prompt, clip, adv.numpy()))
-        for i in keep:
-            score = group_scores[i]
-            totals.append(score.total)  # type: ignore[union-attr]
-            lengths.append(len(group.responses[i].token_ids))
-            for name, value in score.components.items():  # type: ignore[union-attr]
-                components.setdefault(name, []).append(value)
+    return out
+
+
+def reward_metrics(rounds: Sequence[Round]) -> dict[str, float]:
+    """Reward and length statistics over every scored response of the step, kept or not
+    (what the policy does now, not what the gate let through)."""
+    totals: list[float] = []
+    components: dict[str, list[float]] = {}
+    lengths: list[int] = []
+    for round_ in rounds:
+        for group, scores in zip(round_.batch.groups, round_.scores, strict=True):
+            for response, score in zip(group.responses, scores, strict=True):
+                if score is None:
+                    continue
+                totals.append(score.total)
+                lengths.append(len(response.token_ids))
+                for name, value in score.components.items():
+                    components.setdefault(name, []).append(value)
     metrics = {
         "reward/mean": float(np.mean(totals)) if totals else 0.0,
         "reward/std": float(np.std(totals)) if totals else 0.0,
+        "reward/failures": float(sum(r.reward_failures for r in rounds)),
         "response/length_mean": float(np.mean(lengths)) if lengths else 0.0,
     }
-    metrics |= {f"reward/{name}": float(np.mean(v)) for name, v in components.items()}
-    return out, metrics
+    return metrics | {f"reward/{name}": float(np.mean(v)) for name, v in components.items()}
 
 
-def run_grpo(run: Run, start_step: int, on_step: object = None) -> None:
-    """Steps start_step .. trainer.steps - 1, synchronous or one step off-policy."""
+def rollout_metrics(rounds: Sequence[Round]) -> dict[str, float]:
+    """The rollout metrics of the step's rounds: counts and seconds add up; rates are recomputed."""
+    summed: dict[str, float] = {}
+    for round_ in rounds:
+        for name, value in round_.batch.metrics.as_dict().items():
+            summed[name] = summed.get(name, 0.0) + value
+    if len(rounds) > 1:
+        seconds, responses = summed["rollout/seconds"], summed["rollout/responses"]
+        summed["rollout/tokens_per_second"] = summed["rollout/tokens_generated"] / max(seconds, 1e-9)
+        truncated = sum(r.batch.metrics.truncated_fraction * r.batch.metrics.responses for r in rounds)
+        summed["rollout/truncated_fraction"] = truncated / max(responses, 1.0)
+    return summed
+
+
+def run_grpo(
+    run: Run,
+    start_step: int,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    extra_metrics: Callable[[int], dict[str, float]] | None = None,
+) -> None:
+    """Steps start_step .. trainer.steps - 1, synchronous or one step off-policy.
+
+    extra_metrics(step) is logged with the step's row (e.g. a held-out evaluation every K
+    steps); on_step(step, metrics) runs after the row is logged (progress, checkpoints)."""
     cfg = run.cfg
     steps = cfg.trainer.steps
     if start_step >= steps:
@@ -139,18 +218,20 @@ def run_grpo(run: Run, start_step: int, on_step: object = None) -> None:
         pending: Future[Rollout] | None = None
         for step in range(start_step, steps):
             started = time.perf_counter()
-            rollout = pending.result() if pending is not None else sample_and_generate(run, step)
+            rollout = pending.result() if pending is not None else collect(run, step)
             pending = None
             if cfg.trainer.max_staleness == 1 and step + 1 < steps:
-                pending = executor.submit(sample_and_generate, run, step + 1)
+                pending = executor.submit(collect, run, step + 1)
             metrics = grpo_step(run, step, rollout)
-            # A checkpoint after this step resumes with the prompts after these ones, even
-            # when the next step's prompts were already drawn (max_staleness 1).
-            run.sampler_state = rollout.sampler_state
+            # A checkpoint after this step resumes with the prompts (and gate counts) after
+            # this step's, even when the next step's prompts were already drawn (max_staleness 1).
+            run.sampler_state, run.gate_state = rollout.sampler_state, rollout.gate_state
             metrics |= run.timer.pop() | {"time/step": time.perf_counter() - started}
             metrics["weights_version"] = float(run.weights_version)
+            if extra_metrics is not None:
+                metrics |= extra_metrics(step)
             run.sink.log(step, metrics)
-            if callable(on_step):
+            if on_step is not None:
                 on_step(step, metrics)
     finally:
         executor.shutdown(wait=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from vidrl.cluster.build import Run, build_run, init_ray
 from vidrl.cluster.driver import run_grpo
-from vidrl.cluster.evaluate import evaluate
+from vidrl.cluster.evaluate import evaluate_run, mean_reward
 from vidrl.cluster.metrics import Progress
 from vidrl.config import RunConfig
 from vidrl.data.readers import load_samples
@@ -57,7 +57,7 @@ def _train(run: Run) -> dict[str, Any]:
     eval_samples = load_eval_samples(cfg)
     summary: dict[str, Any] = {"run_dir": str(cfg.run_dir), "start_step": start}
     if eval_samples and start == 0:
-        summary["eval_before"] = evaluate(run, eval_samples)
+        summary["eval_before"] = evaluate_with_reward(run, eval_samples)
         log.info("evaluation before GRPO: %s", summary["eval_before"])
     progress = Progress(cfg.trainer.steps, start, cfg.trainer.progress_bar)
 
@@ -67,17 +67,30 @@ def _train(run: Run) -> dict[str, Any]:
         if every and (step + 1) % every == 0 and step + 1 < cfg.trainer.steps:
             save(run, step + 1)
 
+    def periodic_eval(step: int) -> dict[str, float]:
+        every = cfg.trainer.eval_every_steps
+        if not (every and eval_samples and (step + 1) % every == 0 and step + 1 < cfg.trainer.steps):
+            return {}
+        return evaluate_run(run, eval_samples).metrics()
+
     try:
-        run_grpo(run, start, on_step)
+        run_grpo(run, start, on_step, periodic_eval)
     finally:
         progress.close()
     if cfg.trainer.steps > start:
         summary["checkpoint"] = str(save(run, cfg.trainer.steps))
     if eval_samples:
-        summary["eval_after"] = evaluate(run, eval_samples)
+        summary["eval_after"] = evaluate_with_reward(run, eval_samples)
         log.info("evaluation after GRPO: %s", summary["eval_after"])
     summary["skipped_samples"] = run.skips.skipped
     return summary
+
+
+def evaluate_with_reward(run: Run, samples: list[Sample]) -> dict[str, Any]:
+    """Held-out task metrics of the current weights (greedy), plus `reward`: the mean total
+    reward of those greedy answers under the run's own rewards."""
+    result = evaluate_run(run, samples)
+    return result.summary() | {"reward": mean_reward(run.cfg.rewards, result.scored)}
 
 
 def checkpoint_dir(cfg: RunConfig, step: int) -> Path:
@@ -88,7 +101,8 @@ def save(run: Run, step: int) -> Path:
     """Everything needed to continue after `step` GRPO steps."""
     path = checkpoint_dir(run.cfg, step)
     sampler = run.sampler_state or run.sampler.state_dict()
-    extra = {"step": step, "weights_version": run.weights_version, "sampler": sampler}
+    gate = run.gate_state if run.gate_state is not None else run.gate.state_dict()
+    extra = {"step": step, "weights_version": run.weights_version, "sampler": sampler, "gate": gate}
     run.learner.save(str(path), extra)
     (path / "COMPLETE").write_text("ok\n")  # written last: a checkpoint cut short is never resumed
     log.info("checkpoint after step %d: %s", step, path)
@@ -108,6 +122,8 @@ def resume(run: Run) -> int:
     extra = run.learner.load(str(path))
     trim_metrics(run.sink.path, int(extra["step"]))
     run.sampler.load_state_dict(extra["sampler"])
+    if extra.get("gate"):  # absent when the checkpoint was written with the gate off
+        run.gate.load_state_dict(extra["gate"])
     run.weights_version = int(extra["weights_version"])
     run.rollout.update_weights(run.weights_version, run.learner.export_weights(run.weights_version))
     log.info("resumed from %s at step %d", path, extra["step"])

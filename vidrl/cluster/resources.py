@@ -12,6 +12,7 @@ cannot hold the group fails fast with what was asked and what the cluster has.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from vidrl.config import RunConfig
@@ -58,8 +59,23 @@ def bundles(cfg: RunConfig) -> tuple[list[dict[str, float]], list[int], list[int
     return merged, list(range(len(rollout))), list(range(len(learner)))
 
 
-def scheduling_strategies(cfg: RunConfig) -> tuple[list[Any], list[Any]]:
-    """One Ray scheduling strategy per rollout worker and per learner rank."""
+@dataclass(frozen=True)
+class Placement:
+    """The run's placement group and one scheduling strategy per rollout worker and learner rank.
+    `remove` gives the reserved resources back to a cluster that outlives the run."""
+
+    group: Any
+    rollout: list[Any]
+    learner: list[Any]
+
+    def remove(self) -> None:
+        import ray
+
+        ray.util.remove_placement_group(self.group)
+
+
+def scheduling_strategies(cfg: RunConfig) -> Placement:
+    """Reserve the run's bundles; one Ray scheduling strategy per rollout worker and learner rank."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -79,4 +95,4 @@ def scheduling_strategies(cfg: RunConfig) -> tuple[list[Any], list[Any]]:
     def strategy(index: int) -> Any:
         return PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
 
-    return [strategy(i) for i in rollout_index], [strategy(i) for i in learner_index]
+    return Placement(group, [strategy(i) for i in rollout_index], [strategy(i) for i in learner_index])

@@ -8,7 +8,9 @@ from pydantic import Field
 
 from vidrl.configbase import StrictConfig
 
-DataFormat = Literal["auto", "data_config", "temporal_r1", "charades", "gqa", "samples"]
+DataFormat = Literal[
+    "auto", "data_config", "temporal_r1", "charades", "activitynet", "mvbench", "gqa", "samples"
+]
 
 
 class DataConfig(StrictConfig):

@@ -1,5 +1,6 @@
-"""Reading samples from files: Temporal-R1 data configs and records, Charades-STA
-annotations, grounded-QA records, and vidrl's own JSONL/Parquet.
+"""Reading samples from files: Temporal-R1 data configs and records, Charades-STA and
+ActivityNet-Captions annotations, grounded-QA records, MVBench-style multiple-choice
+records, and vidrl's own JSONL/Parquet.
 
 Every reader yields checked `Sample`s and reports bad records to a `SkipLog` (one log
 line each, naming the file, the record and the reason); `load_samples` checks the
@@ -18,9 +19,11 @@ from typing import Any
 
 from vidrl.data.config import DataConfig, DataFormat
 from vidrl.data.records import (
+    activitynet_records,
     charades_records,
     check_sample,
     gqa_record,
+    mvbench_record,
     sample_record,
     sample_to_record,
     temporal_r1_record,
@@ -56,12 +59,20 @@ def _read(path: Path, fmt: DataFormat, cfg: DataConfig, skips: SkipLog) -> Itera
         yield from read_charades(path, folder, skips, cfg.video_extension)
     elif fmt == "gqa":
         yield from read_gqa(path, folder, skips)
+    elif fmt == "activitynet":
+        yield from read_charades(path, folder, skips, cfg.video_extension, activitynet_records)
+    elif fmt == "mvbench":
+        yield from read_mvbench(path, folder, skips)
     else:
         yield from read_sample_file(path, skips)
 
 
 def _detect_format(path: Path, fmt: DataFormat) -> DataFormat:
-    """Decide from the extension, then from the shape of the first record."""
+    """Decide from the extension, then from the shape of the first record.
+
+    A JSON object is Charades-STA, or ActivityNet-Captions when its first video id has
+    ActivityNet's `v_` prefix; a list whose first record has `candidates` is MVBench-style.
+    """
     if fmt != "auto":
         return fmt
     suffix = path.suffix.lower()
@@ -71,8 +82,11 @@ def _detect_format(path: Path, fmt: DataFormat) -> DataFormat:
         return "samples"
     data = _read_json(path)
     if isinstance(data, dict):
-        return "charades"
+        first_id = next(iter(data), "")
+        return "activitynet" if str(first_id).startswith("v_") else "charades"
     first = data[0] if isinstance(data, list) and data else {}
+    if isinstance(first, dict) and "candidates" in first:
+        return "mvbench"
     if isinstance(first, dict) and "problem" in first:
         return "temporal_r1"
     if isinstance(first, dict) and "glue" in first:
@@ -113,13 +127,27 @@ def _read_each(path: Path, skips: SkipLog, read: Callable[[Any, str], Sample]) -
             skips.skip(where, str(err))
 
 
-def read_charades(path: Path, video_folder: Path, skips: SkipLog, extension: str) -> Iterator[Sample]:
+def read_mvbench(path: Path, video_folder: Path, skips: SkipLog) -> Iterator[Sample]:
+    """MVBench-style records; the task type is the file's stem unless a record names its own."""
+    yield from _read_each(
+        path, skips, lambda record, where: mvbench_record(record, video_folder, where, path.stem)
+    )
+
+
+def read_charades(
+    path: Path,
+    video_folder: Path,
+    skips: SkipLog,
+    extension: str,
+    entry_samples: Callable[[str, Any, Path, str], list[Sample]] = charades_records,
+) -> Iterator[Sample]:
+    """Charades-STA annotations (or, with `activitynet_records`, ActivityNet-Captions ones)."""
     data = _read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: Charades-STA annotations are a JSON object {{video id: entry}}")
     for vid, entry in data.items():
         try:
-            samples = charades_records(str(vid), entry, video_folder, extension)
+            samples = entry_samples(str(vid), entry, video_folder, extension)
         except BadRecord as err:
             skips.skip(f"{path}[{vid!r}]", str(err))
             continue

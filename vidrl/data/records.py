@@ -16,6 +16,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +256,64 @@ def sample_to_record(sample: Sample) -> dict[str, Any]:
         "boxes": [list(b) for b in sample.boxes],
         "dataset": sample.dataset,
     }
+
+
+def activitynet_records(vid: str, entry: Any, video_folder: Path, extension: str) -> list[Sample]:
+    """One ActivityNet-Captions entry {duration, timestamps, sentences} -> one tvg sample per
+    sentence (the layout of Charades-STA, with `dataset` "activitynet").
+
+    Departure: ActivityNet's annotations hold ends a little past the video's duration (the
+    times were marked on the web player, the durations read from the files); such an end is
+    clamped to the duration, as lmms-eval's scoring effectively does. A start at or past the
+    end of the video, or a reversed interval, is still a data error.
+    """
+    samples = charades_records(vid, entry, video_folder, extension)
+    return [
+        replace(
+            sample,
+            dataset="activitynet",
+            timestamps=tuple(_clamp_end(span, sample.duration) for span in sample.timestamps),
+        )
+        for sample in samples
+    ]
+
+
+def _clamp_end(span: Interval, duration: float) -> Interval:
+    start, end = span
+    # An interval that starts past the end is left for check_sample to reject by name.
+    return (start, min(end, duration)) if start < duration else span
+
+
+MCQ_UNKNOWN_DURATION = 1.0
+"""Duration given to an MVBench-style record without one: mcq prompts do not state the
+video's length and no mcq metric reads it, so it only has to pass `check_sample`."""
+
+
+def mvbench_record(record: Mapping[str, Any], video_folder: Path, where: str, task_type: str) -> Sample:
+    """An MVBench-style record {video, question, candidates: [texts], answer: text}.
+
+    The answer is the text of one candidate (compared with surrounding whitespace ignored);
+    its position gives the letter. `task_type` (the record's own `task_type` key wins, else
+    the caller's, usually the file stem) is kept in `Sample.dataset`, so accuracy can be
+    reported per task type. `duration` is optional (see MCQ_UNKNOWN_DURATION).
+    """
+    candidates = require(record, "candidates")
+    if not isinstance(candidates, list) or not candidates or len(candidates) > 26:
+        raise BadRecord(f"candidates must be a list of 1-26 option texts, got {candidates!r}")
+    options = tuple(str(c).strip() for c in candidates)
+    answer = str(require(record, "answer")).strip()
+    if options.count(answer) != 1:
+        raise BadRecord(f"answer {answer!r} is not exactly one of the candidates {list(options)}")
+    duration = record.get("duration")
+    return check_sample(
+        Sample(
+            id=str(record.get("id") or where),
+            task="mcq",
+            video=str(video_folder / str(require(record, "video"))),
+            question=str(require(record, "question")).strip(),
+            duration=MCQ_UNKNOWN_DURATION if duration is None else number(duration, "duration"),
+            options=options,
+            answer=chr(ord("A") + options.index(answer)),
+            dataset=str(record.get("task_type") or task_type),
+        )
+    )

@@ -130,3 +130,7 @@ def _seconds(token: str) -> float:
 def _check_duration(duration: float) -> None:
     if not (math.isfinite(duration) and duration > 0):
         raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+
+
+INTERVAL_PARSERS: dict[str, IntervalParser] = {"tags": parse_tags, "lmms": parse_lmms}
+"""Parse mode name -> the parser that reads a grounding prediction."""

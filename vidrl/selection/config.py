@@ -32,6 +32,8 @@ class SelectionConfig(StrictConfig):
 
     repeats: int = Field(8, ge=1, le=256)
     """Responses drawn per training sample by repeated inference (K)."""
+    prompts_per_call: int = Field(16, ge=1)
+    """Samples sent to the rollout pool per generate call (each gets `repeats` responses)."""
     pass_threshold: float = Field(0.5, allow_inf_nan=False)
     """tvg / track: a response counts as passed when its total reward is at least this."""
     min_variance: float = Field(1e-4, ge=0.0, allow_inf_nan=False)

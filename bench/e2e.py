@@ -1,0 +1,516 @@
+"""End-to-end GRPO throughput: vidrl against TRL's GRPOTrainer, and how vidrl's step time grows.
+
+    .venv/bin/pip install --no-deps -r requirements/bench.txt   # TRL, once
+    .venv/bin/python bench/e2e.py [--out e2e.json] [--skip-scaling] ...
+
+Prints markdown tables (and writes them as JSON to --out):
+
+1. Comparison, text-only (TRL takes no video), two shapes: (a) the tiny demo model, 4 short prompts
+   x 8 samples x 32 tokens, where fixed costs dominate; (b) the shape of real video RL: prompts of
+   about 1,000 tokens standing in for visual tokens, 8 samples of 128 tokens, a ~19M-parameter
+   model of the same architecture. vidrl runs its own pieces, as its driver wires them (see
+   `VidrlSteps`): the rollout pool (one vLLM engine in a Ray actor), the reward pool, advantages,
+   the FSDP2 learner group, the weight push. TRL runs GRPOTrainer (bench/e2e_trl.py). Same model
+   folder, same prompt tokens, samples, response length (forced: see `never_stop`), temperature,
+   learning rate, weight decay, clipping, KL coefficient, token-mean loss, fp32 everywhere, no
+   gradient checkpointing, TRL without vLLM, and the same digit-counting reward, which costs
+   nothing. The two take their steps in turn (one vidrl step runs after each TRL step, outside
+   TRL's clock), so both see the same load on the shared cores.
+2. Scaling of vidrl's step with samples per prompt (4, 8, 16) and frames per video (4, 8, 16), on
+   the real video pipeline: `vidrl.cluster.job.train` with examples/synthetic.yaml (no SFT warm
+   start, max_staleness 0) on freshly synthesized videos and the tiny model; time/step read from
+   metrics.jsonl, the first step left out.
+
+Where this departs from a full vidrl run: the comparison drives vidrl's pieces directly because
+the driver's data stage decodes videos (text-only prompts do not go through `vidrl.cluster`);
+there is no metrics sink, checkpoint or progress bar in that loop. Both systems use each core
+once: TRL's process runs 2 torch threads; vidrl's engine and learner ranks take turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vidrl.data.sample import Sample
+from vidrl.data.tiny import TinyQwenShape, build_tiny_model, tiny_corpus
+
+BENCH_DIR = Path(__file__).resolve().parent
+EXAMPLE = BENCH_DIR.parent / "examples" / "synthetic.yaml"
+# ~19M parameters (bench/prefix.py's model): text 512 wide, 6 layers; the tiny vision tower.
+MODEL_B = TinyQwenShape(
+    text_hidden_size=512, text_layers=6, text_heads=8, text_kv_heads=2, text_intermediate_size=1536
+)
+
+
+# ---------------------------------------------------------------- the shared reward and model
+
+
+def digit_score(text: str) -> float:
+    """The fraction of a response's characters that are digits: a rule that costs nothing."""
+    return sum(c.isdigit() for c in text) / max(len(text), 1)
+
+
+def digit_fraction(response: str, sample: Sample) -> float:
+    """vidrl's per-sample reward contract around `digit_score` (the reward actors load it)."""
+    del sample
+    return digit_score(response)
+
+
+def never_stop(model_dir: Path) -> None:
+    """Make `<|video_pad|>` the model's only end-of-sequence token. Both samplers ban that token
+    (vidrl's engine always; TRL through suppress_tokens), so every response runs to the length
+    limit and both systems generate and train on the same number of tokens. vidrl cannot be told
+    to ignore EOS, so the model folder says it instead."""
+    tokenizer_file = model_dir / "tokenizer_config.json"
+    tokenizer = json.loads(tokenizer_file.read_text())
+    tokenizer["eos_token"] = "<|video_pad|>"
+    tokenizer_file.write_text(json.dumps(tokenizer, indent=2))
+    from transformers import AutoTokenizer
+
+    pad_id = AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids("<|video_pad|>")
+    generation_file = model_dir / "generation_config.json"
+    generation = json.loads(generation_file.read_text())
+    generation["eos_token_id"] = [pad_id]
+    generation_file.write_text(json.dumps(generation, indent=2))
+
+
+def make_prompts(model_dir: Path, count: int, user_tokens: int) -> list[str]:
+    """`count` distinct chat-templated prompts whose user turn is about `user_tokens` tokens
+    (one question when small; sentences of the tiny model's corpus when large)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lines = [line for line in tiny_corpus() if line.startswith("When does")]
+    rng = np.random.default_rng(0)
+    texts = []
+    for index in range(count):
+        order = rng.permutation(len(lines))
+        words = f"Question {index}: {lines[order[0]]}"
+        for i in order[1:]:
+            if len(tokenizer(words)["input_ids"]) >= user_tokens:
+                break
+            words += " " + lines[i]
+        messages = [{"role": "user", "content": words}]
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return texts
+
+
+# ---------------------------------------------------------------- vidrl's step, from its pieces
+
+
+@dataclass(frozen=True, slots=True)
+class VidrlLayout:
+    """Where vidrl's actors run and how the learner splits a step."""
+
+    learner_ranks: int
+    """FSDP2 ranks (one torch thread each)."""
+    rollout_cpus: float
+    """CPUs of the one rollout worker (its vLLM engine's threads)."""
+    microbatch_tokens: int
+    """The learner's token budget per forward/backward (shared-prefix layout)."""
+
+
+class VidrlSteps:
+    """The GRPO step of vidrl.cluster.driver.grpo_step over text-only prompts: rollout -> reward
+    pool -> group advantages -> learner update -> weight push, each phase timed."""
+
+    def __init__(self, model_dir: Path, texts: list[str], recipe: Any, layout: VidrlLayout) -> None:
+        from vidrl.learner.config import LearnerConfig
+        from vidrl.learner.group import LearnerGroup
+        from vidrl.learner.loss_config import LossConfig
+        from vidrl.rewards.config import RewardComponentConfig, RewardsConfig
+        from vidrl.rewards.pool import RewardPool
+        from vidrl.rollout.config import RolloutConfig
+        from vidrl.rollout.pool import RolloutPool
+        from vidrl.rollout.types import RolloutPrompt
+
+        self.prompts = [RolloutPrompt(f"p{i}", text) for i, text in enumerate(texts)]
+        self.samples = [Sample(f"p{i}", "mcq", "", text, 1.0) for i, text in enumerate(texts)]
+        self.rollout = RolloutPool(
+            RolloutConfig(
+                cpus_per_worker=layout.rollout_cpus,
+                samples_per_prompt=recipe.samples,
+                max_response_tokens=recipe.response_tokens,
+                max_model_len=4096,
+                dtype="float32",
+                kv_cache_bytes=512 << 20,
+            ),
+            str(model_dir),
+        )
+        reward = RewardComponentConfig(name="digits", fn=f"{__file__}:digit_fraction", per_sample=True)
+        self.rewards = RewardPool(RewardsConfig(preset=None, components=(reward,)), 1, 0.01)
+        # TRL's objective: k3 KL, clip 0.2 / 0.28 without dual clip, no entropy bonus, group
+        # advantages with TRL's epsilon, token-mean over the step.
+        self.loss = LossConfig(kl_coef=recipe.kl_coef, dual_clip=None, entropy_coef=0.0, advantage_eps=1e-4)
+        learner = LearnerConfig(
+            num_ranks=layout.learner_ranks,
+            cpus_per_rank=0.5,
+            lr=recipe.lr,
+            max_tokens_per_microbatch=layout.microbatch_tokens,
+            loss=self.loss,
+        )
+        self.learner = LearnerGroup(str(model_dir), learner)
+        self.version = 0
+
+    def step(self) -> dict[str, float]:
+        from vidrl.learner.batch import TrainGroup
+        from vidrl.learner.grpo import group_advantages
+        from vidrl.rewards.types import RewardInput
+
+        clock = {"started": time.perf_counter()}
+        batch = self.rollout.generate(self.prompts, step=self.version)
+        clock["rollout"] = time.perf_counter()
+        inputs = [
+            RewardInput(self.samples[g.prompt_index], r.text) for g in batch.groups for r in g.responses
+        ]
+        scores = self.rewards.score(inputs).scores
+        clock["reward"] = time.perf_counter()
+        totals = torch.tensor([s.total if s is not None else 0.0 for s in scores])
+        advantages = group_advantages(totals.view(len(batch.groups), -1), "grpo", self.loss.advantage_eps)
+        groups = [
+            TrainGroup(
+                prompt_ids=g.prompt_token_ids.astype(np.int64),
+                responses=tuple(r.token_ids.astype(np.int64) for r in g.responses),
+                advantages=advantages[i].float().numpy(),
+                old_logprobs=tuple(r.logprobs for r in g.responses),
+            )
+            for i, g in enumerate(batch.groups)
+        ]
+        self.learner.train_step(groups)
+        clock["learn"] = time.perf_counter()
+        self.version += 1
+        self.rollout.update_weights(self.version, self.learner.export_weights(self.version))
+        clock["sync"] = time.perf_counter()
+        phases = ("rollout", "reward", "learn", "sync")
+        times = dict(zip(phases, np.diff([clock[k] for k in ("started", *phases)]), strict=True))
+        lengths = [len(r.token_ids) for g in batch.groups for r in g.responses]
+        prompt_tokens = statistics.fmean(len(g.prompt_token_ids) for g in batch.groups)
+        return {
+            "seconds": clock["sync"] - clock["started"],
+            **{f"{k}_seconds": float(v) for k, v in times.items()},
+            "mean_length": statistics.fmean(lengths),
+            "prompt_tokens": prompt_tokens,
+        }
+
+    def shutdown(self) -> None:
+        for part in (self.rollout, self.rewards, self.learner):
+            part.shutdown()
+
+
+# ---------------------------------------------------------------- 1. the comparison
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One comparison: the model, the prompts and both systems' settings."""
+
+    name: str
+    model: TinyQwenShape
+    user_tokens: int
+    """Tokens of each prompt's user turn (the chat template adds ~30)."""
+    recipe: Any  # e2e_trl.Recipe
+    layout: VidrlLayout
+
+
+def shapes(args: argparse.Namespace) -> list[Shape]:
+    from e2e_trl import Recipe
+
+    common = {"lr": args.lr, "kl_coef": args.kl_coef, "samples": 8, "warmup": args.warmup}
+    return [
+        Shape(
+            "a",
+            TinyQwenShape(),
+            12,
+            # TRL's fastest setting at this size: all 32 completions in one forward/backward.
+            Recipe(prompts=4, response_tokens=32, trl_microbatch=32, steps=args.steps_a, **common),
+            VidrlLayout(learner_ranks=2, rollout_cpus=2, microbatch_tokens=8192),
+        ),
+        Shape(
+            "b",
+            MODEL_B,
+            1000,
+            # TRL's fastest setting here: micro-batches of 4 completions (38 s against 72 s for
+            # all 32 at once, docs/cpu-stack.md).
+            Recipe(prompts=4, response_tokens=128, trl_microbatch=4, steps=args.steps_b, **common),
+            VidrlLayout(learner_ranks=2, rollout_cpus=2, microbatch_tokens=4096),
+        ),
+    ]
+
+
+def compare(shape: Shape, folder: Path) -> dict[str, Any]:
+    """Both systems on one shape, a vidrl step after each TRL step; per-step records of each."""
+    from e2e_trl import run_trl
+
+    model_dir = build_tiny_model(folder / f"model_{shape.name}", seed=0, shape=shape.model)
+    never_stop(model_dir)
+    texts = make_prompts(model_dir, shape.recipe.prompts, shape.user_tokens)
+    vidrl = VidrlSteps(model_dir, texts, shape.recipe, shape.layout)
+    vidrl_steps: list[dict[str, float]] = []
+    loads: list[float] = []
+
+    def vidrl_step() -> None:
+        vidrl_steps.append(vidrl.step())
+        loads.append(os.getloadavg()[0])
+        seconds = (trl_steps[-1].seconds, vidrl_steps[-1]["seconds"])  # the pair of steps just taken
+        line = f"shape {shape.name} step {len(vidrl_steps)}: TRL {seconds[0]:.2f} s, vidrl {seconds[1]:.2f} s"
+        print(f"{line}, load {loads[-1]:.1f}", flush=True)
+
+    trl_steps: list[Any] = []
+    try:
+        run_trl(model_dir, texts, shape.recipe, digit_score, vidrl_step, folder / "trl", trl_steps)
+    finally:
+        vidrl.shutdown()
+    if len(vidrl_steps) != len(trl_steps):
+        raise RuntimeError(f"{len(trl_steps)} TRL steps but {len(vidrl_steps)} vidrl steps")
+    prompt_tokens = statistics.fmean(len(ids) for ids in tokenizer_ids(model_dir, texts))
+    return {
+        "shape": shape,
+        "parameters": count_parameters(model_dir),
+        "prompt_tokens": prompt_tokens,
+        "trl": trl_steps,
+        "vidrl": vidrl_steps,
+        "loads": loads,
+    }
+
+
+def tokenizer_ids(model_dir: Path, texts: list[str]) -> list[list[int]]:
+    """The prompts' token ids as TRL sees them (vidrl's engine reports its own)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)(texts)["input_ids"]
+
+
+def count_parameters(model_dir: Path) -> int:
+    from safetensors.numpy import load_file
+
+    return sum(array.size for array in load_file(model_dir / "model.safetensors").values())
+
+
+def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per system: medians over the measured steps (a busy neighbour on the shared cores
+    inflates single steps several-fold; the median keeps the typical step)."""
+    shape, skip = result["shape"], result["shape"].recipe.warmup
+    completions = shape.recipe.prompts * shape.recipe.samples
+    trl_seconds = statistics.median(r.seconds for r in result["trl"][skip:])
+    trl_length = statistics.fmean(r.logs.get("completions/mean_length", 0.0) for r in result["trl"])
+    vidrl_seconds = statistics.median(m["seconds"] for m in result["vidrl"][skip:])
+    vidrl_length = statistics.fmean(m["mean_length"] for m in result["vidrl"])
+    common = {
+        "shape": shape.name,
+        "parameters": result["parameters"],
+        "completions_per_step": completions,
+        "load_average": statistics.fmean(result["loads"][skip:]),
+    }
+    phases = {
+        f"{k}": statistics.median(m[k] for m in result["vidrl"][skip:])
+        for k in ("rollout_seconds", "reward_seconds", "learn_seconds", "sync_seconds")
+    }
+    return [
+        common
+        | {
+            "system": "TRL GRPOTrainer",
+            "prompt_tokens": result["prompt_tokens"],
+            "response_tokens": trl_length,
+            "step_seconds": trl_seconds,
+            "all_step_seconds": [r.seconds for r in result["trl"]],
+            "completions_per_second": completions / trl_seconds,
+            "speedup": 1.0,
+        },
+        common
+        | {
+            "system": "vidrl",
+            "prompt_tokens": statistics.fmean(m["prompt_tokens"] for m in result["vidrl"]),
+            "response_tokens": vidrl_length,
+            "step_seconds": vidrl_seconds,
+            "all_step_seconds": [m["seconds"] for m in result["vidrl"]],
+            "completions_per_second": completions / vidrl_seconds,
+            "speedup": trl_seconds / vidrl_seconds,
+            **phases,
+        },
+    ]
+
+
+# ---------------------------------------------------------------- 2. scaling of vidrl's step
+
+
+SCALING = ((4, 8), (8, 8), (16, 8), (8, 4), (8, 16))
+"""(samples per prompt, frames per video) of each run; (8, 8) is the reference."""
+
+
+def scaling(folder: Path, steps: int) -> list[dict[str, Any]]:
+    """The demo's configuration (no warm start, synchronous) at each point of SCALING; medians of
+    the measured steps' phase times."""
+    from vidrl.cluster.job import train
+    from vidrl.config import load_run_config
+    from vidrl.data.synth import synthesize
+
+    data = synthesize(folder / "data", num_videos=16, seed=0)
+    model = build_tiny_model(folder / "scaling_model")
+    rows = []
+    for samples, frames in SCALING:
+        cfg = load_run_config(
+            EXAMPLE,
+            [
+                f"model_path={model}",
+                f"data.train_path={data.train_yaml}",
+                "data.eval_path=null",
+                f"output_dir={folder / 'runs'}",
+                f"run_name=g{samples}_f{frames}",
+                f"rollout.samples_per_prompt={samples}",
+                f"video.max_frames={frames}",
+                f"trainer.steps={steps + 1}",
+                "trainer.sft_steps=0",
+                "trainer.max_staleness=0",
+                "trainer.progress_bar=false",
+                "trainer.tensorboard=false",
+                "trainer.checkpoint_every_steps=0",
+            ],
+        )
+        train(cfg)
+        lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+        measured = [json.loads(line) for line in lines][1:]  # the first step pays for warm-up
+        row: dict[str, Any] = {"samples_per_prompt": samples, "frames_per_video": frames}
+        for key in ("time/step", "time/rollout", "time/reward", "time/learn", "time/sync"):
+            row[key.removeprefix("time/") + "_seconds"] = statistics.median(m.get(key, 0.0) for m in measured)
+        row["prompt_tokens"] = statistics.fmean(
+            m["rollout/prompt_tokens"] / max(m["rollout/prompts"], 1) for m in measured
+        )
+        row["load_average"] = os.getloadavg()[0]
+        rows.append(row)
+    reference = next(r["step_seconds"] for r in rows if r["samples_per_prompt"] == r["frames_per_video"] == 8)
+    for row in rows:
+        row["vs_reference"] = row["step_seconds"] / reference
+    return rows
+
+
+# ---------------------------------------------------------------- tables and main
+
+
+def markdown(header: list[str], rows: list[list[str]], text_columns: int) -> str:
+    rule = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, rule, *rows))
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    header = ["shape", "system", "params", "prompt tok", "response tok", "completions/step"]
+    header += ["step s", "completions/s", "vs TRL", "load avg"]
+    cells = [
+        [
+            r["shape"],
+            r["system"],
+            f"{r['parameters'] / 1e6:.1f}M",
+            f"{r['prompt_tokens']:.0f}",
+            f"{r['response_tokens']:.0f}",
+            str(r["completions_per_step"]),
+            f"{r['step_seconds']:.3f}",
+            f"{r['completions_per_second']:.1f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['load_average']:.1f}",
+        ]
+        for r in rows
+    ]
+    return markdown(header, cells, text_columns=2)
+
+
+def phase_table(rows: list[dict[str, Any]]) -> str:
+    header = ["shape", "rollout s", "reward s", "learn s", "weight push s", "step s"]
+    phases = ("rollout_seconds", "reward_seconds", "learn_seconds", "sync_seconds", "step_seconds")
+    cells = [[r["shape"], *(f"{r[k]:.3f}" for k in phases)] for r in rows if r["system"] == "vidrl"]
+    return markdown(header, cells, text_columns=1)
+
+
+def scaling_table(rows: list[dict[str, Any]]) -> str:
+    header = ["samples/prompt", "frames/video", "prompt tok", "step s", "rollout s", "learn s"]
+    header += ["weight push s", "vs G=8, 8 frames", "load avg"]
+    cells = [
+        [
+            str(r["samples_per_prompt"]),
+            str(r["frames_per_video"]),
+            f"{r['prompt_tokens']:.0f}",
+            *(f"{r[k]:.2f}" for k in ("step_seconds", "rollout_seconds", "learn_seconds", "sync_seconds")),
+            f"{r['vs_reference']:.2f}x",
+            f"{r['load_average']:.1f}",
+        ]
+        for r in rows
+    ]
+    return markdown(header, cells, text_columns=0)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--out", type=Path, default=None, help="write the tables' rows as JSON here")
+    add("--shapes", default="a,b", help="comparison shapes to run (a, b), e.g. a")
+    add("--warmup", type=int, default=1, help="comparison steps left out of the means")
+    add("--steps-a", type=int, default=8, help="measured steps of shape (a)")
+    add("--steps-b", type=int, default=3, help="measured steps of shape (b)")
+    add("--scaling-steps", type=int, default=3, help="measured steps per scaling run")
+    add("--lr", type=float, default=1e-6, help="learning rate of both systems")
+    add("--kl-coef", type=float, default=1e-2, help="KL coefficient of both systems")
+    add("--skip-scaling", action="store_true", help="leave out the scaling runs")
+    return parser.parse_args()
+
+
+def start_ray() -> None:
+    # As vidrl.cluster.build.init_ray starts a local cluster: loopback only, workers at normal
+    # priority. Read when ray is imported.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    import ray
+
+    # Logical CPUs are bookkeeping here: the engine, the ranks and TRL take turns on the cores.
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        wanted = args.shapes.split(",")
+        results = []
+        if wanted != [""]:
+            import ray
+
+            start_ray()
+            try:
+                results = [compare(s, folder) for s in shapes(args) if s.name in wanted]
+            finally:
+                ray.shutdown()
+        rows = [row for result in results for row in comparison_rows(result)]
+        report["comparison"] = rows
+        report["settings"] = [asdict(r["shape"].recipe) | {"shape": r["shape"].name} for r in results]
+        if rows:
+            print("\n### End to end, text-only: vidrl against TRL's GRPOTrainer\n")
+            print(comparison_table(rows))
+            print("\n### vidrl's step by phase (medians of the measured steps)\n")
+            print(phase_table(rows))
+        if not args.skip_scaling:
+            report["scaling"] = scaling(folder, args.scaling_steps)
+            print("\n### vidrl's step time against samples per prompt and frames per video\n")
+            print(scaling_table(report["scaling"]))
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

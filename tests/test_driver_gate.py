@@ -1,0 +1,145 @@
+"""The driver's collection of a step with the online gate (pure logic, actors faked): groups
+without reward spread are dropped, refill rounds draw exactly the missing prompts, only kept
+groups reach the learner, and reward metrics cover every scored response."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vidrl.cluster.driver import collect, learner_groups, reward_metrics, rollout_metrics
+from vidrl.cluster.inputs import StepInputs
+from vidrl.cluster.metrics import PhaseTimer
+from vidrl.cluster.sampler import PromptSampler
+from vidrl.config import load_run_config
+from vidrl.data.sample import Sample
+from vidrl.data.skips import SkipLog
+from vidrl.rewards.types import RewardInput, RewardScore
+from vidrl.rollout.types import Response, RolloutBatch, RolloutGroup, RolloutMetrics, RolloutPrompt
+from vidrl.selection.gates import build_gate
+
+# Each sample's id says the rewards its G=4 responses get: "flat" -> all 1.0 (no spread),
+# "mixed" -> 0, 1, 0, 1 (std 0.5).
+REWARDS = {"flat": [1.0, 1.0, 1.0, 1.0], "mixed": [0.0, 1.0, 0.0, 1.0]}
+
+
+def sample(i: int, kind: str) -> Sample:
+    return Sample(
+        id=f"{kind}-{i}", task="tvg", video=f"v{i}.mp4", question="q", duration=10.0, timestamps=((1.0, 2.0),)
+    )
+
+
+class FakeInputs:
+    def step_inputs(self, samples: Sequence[Sample], skips: SkipLog, put: Any = None) -> StepInputs:
+        prompts = tuple(RolloutPrompt(s.id, "prompt") for s in samples)
+        return StepInputs(tuple(samples), tuple(None for _ in samples), prompts)  # type: ignore[arg-type]
+
+    def train_group(self, group: RolloutGroup, prompt: Any, clip: Any, advantages: np.ndarray) -> Any:
+        return (group.sample_id, advantages.tolist())
+
+
+class FakeRollout:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def generate(self, prompts: Sequence[RolloutPrompt], step: int) -> RolloutBatch:
+        self.calls.append(len(prompts))
+        groups = []
+        for index, prompt in enumerate(prompts):
+            kind = prompt.sample_id.split("-")[0]
+            responses = tuple(
+                Response(np.array([1, 2], np.int32), np.zeros(2, np.float32), str(r), "stop", 0)
+                for r in REWARDS[kind]
+            )
+            groups.append(
+                RolloutGroup(
+                    index, prompt.sample_id, np.zeros(3, np.int32), np.zeros(0, np.int64), responses, 0
+                )
+            )
+        n = 4 * len(prompts)
+        metrics = RolloutMetrics(len(prompts), 0, 0, n, 2 * n, 3 * len(prompts), 1.0, 0.9, 2.0 * n, 0.0, 0)
+        return RolloutBatch(tuple(groups), (), (), metrics, 0)
+
+
+@dataclass
+class Scored:
+    scores: list[RewardScore | None]
+    failures: list[str]
+
+
+class FakeRewards:
+    def score(self, inputs: Sequence[RewardInput]) -> Scored:
+        return Scored([RewardScore(float(x.response), {"tvg_iou": float(x.response)}) for x in inputs], [])
+
+
+def fake_run(samples: list[Sample], gate: bool, refills: int, prompts_per_step: int = 4) -> SimpleNamespace:
+    cfg = load_run_config(
+        None,
+        [
+            f"gate.enabled={str(gate).lower()}",
+            f"gate.max_refill_rounds={refills}",
+            f"trainer.prompts_per_step={prompts_per_step}",
+        ],
+    )
+    return SimpleNamespace(
+        cfg=cfg,
+        sampler=PromptSampler(samples, seed=0),
+        skips=SkipLog(1.0),
+        inputs=FakeInputs(),
+        rollout=FakeRollout(),
+        rewards=FakeRewards(),
+        gate=build_gate(cfg.gate),
+        timer=PhaseTimer(),
+    )
+
+
+def test_the_gate_drops_flat_groups_and_refills_exactly_the_missing_prompts() -> None:
+    # 6 mixed + 6 flat samples; 4 prompts per step, at most 2 refill rounds.
+    samples = [sample(i, "mixed") for i in range(6)] + [sample(i, "flat") for i in range(6, 12)]
+    run = fake_run(samples, gate=True, refills=2)
+    rollout = collect(run, step=0)  # type: ignore[arg-type]
+    kept_ids = [r.batch.groups[i].sample_id for r in rollout.rounds for i in r.kept]
+    assert all(i.startswith("mixed") for i in kept_ids)
+    # Each round draws what is still missing: 4, then 4 - kept, ... (never more than dropped).
+    drawn = [r.drawn for r in rollout.rounds]
+    assert run.rollout.calls == drawn and drawn[0] == 4
+    assert drawn == [4, 2, 1]  # with sampler seed 0: kept 2, then 1, then 1 -> the batch is full
+    kept_per_round = [len(r.kept) for r in rollout.rounds]
+    for i in range(1, len(drawn)):
+        assert drawn[i] == 4 - sum(kept_per_round[:i])
+    assert len(rollout.rounds) <= 3 and run.sampler.state_dict()["position"] == sum(drawn)
+    assert rollout.gate_state == {"groups_seen": sum(drawn), "groups_kept": len(kept_ids)}
+    trained = [g for r in rollout.rounds for g in learner_groups(run, r)]  # type: ignore[arg-type]
+    assert [sample_id for sample_id, _ in trained] == kept_ids
+    # GRPO advantages of 0, 1, 0, 1: mean 0.5, std (unbiased) sqrt(1/3) -> -/+ 0.866
+    assert trained[0][1] == pytest.approx([-0.866, 0.866, -0.866, 0.866], abs=1e-3)
+
+
+def test_refills_stop_after_max_rounds_and_the_step_trains_on_fewer_groups() -> None:
+    samples = [sample(i, "flat") for i in range(10)]  # no group has signal
+    run = fake_run(samples, gate=True, refills=1)
+    rollout = collect(run, step=0)  # type: ignore[arg-type]
+    assert [r.drawn for r in rollout.rounds] == [4, 4]  # the first draw, then one refill of 4
+    assert all(not r.kept for r in rollout.rounds)
+    assert rollout.gate_metrics["gate/kept_fraction"] == 0.0
+    # Reward metrics still describe all 8 scored groups (32 responses of reward 1).
+    metrics = reward_metrics(rollout.rounds)
+    assert metrics["reward/mean"] == 1.0 and metrics["reward/std"] == 0.0
+    # Rollout counts add up over rounds; the rate is recomputed: 64 tokens / 2 s.
+    summed = rollout_metrics(rollout.rounds)
+    assert summed["rollout/responses"] == 32 and summed["rollout/tokens_per_second"] == 32.0
+
+
+def test_without_the_gate_every_group_is_trained_and_nothing_is_refilled() -> None:
+    samples = [sample(i, "flat") for i in range(2)] + [sample(i, "mixed") for i in range(2, 4)]
+    run = fake_run(samples, gate=False, refills=2)
+    rollout = collect(run, step=0)  # type: ignore[arg-type]
+    assert [r.drawn for r in rollout.rounds] == [4] and rollout.rounds[0].kept == (0, 1, 2, 3)
+    assert rollout.gate_state == {} and rollout.gate_metrics == {}
+    # 2 flat groups (all 1.0) + 2 mixed (0,1,0,1): mean (8 + 4) / 16 = 0.75
+    assert reward_metrics(rollout.rounds)["reward/mean"] == 0.75
