@@ -4,7 +4,9 @@ Run: `.venv/bin/python bench/data_efficiency.py [--steps 16] [--out bench_result
 (CPU, about 10 minutes; nothing is downloaded).
 
 1. synthesize the dataset and build the tiny model; one SFT warm start (the demo's settings);
-2. `vidrl select` on the training set with the warm-started model (K responses per sample);
+2. `vidrl select` on the training set with the warm-started model (K responses per sample),
+   keeping the highest-variance `--keep-fraction` of it (selection.top_k) after the default
+   filters (variance > 1e-4 for tvg, accuracy strictly between 0 and 1 for mcq);
 3. GRPO from the same warm start, the same steps, prompts per step and seed, on
    (a) the selected subset, (b) a random subset of the same size, (c) the full training set;
 4. held-out mIoU / R1@0.5 / mcq accuracy of each (greedy), in one table.
@@ -25,6 +27,7 @@ from typing import Any
 from vidrl.cluster.build import ray_session
 from vidrl.cluster.job import train, warm_start
 from vidrl.config import RunConfig, load_run_config
+from vidrl.data.config import DataConfig
 from vidrl.data.readers import load_samples, write_samples
 from vidrl.data.skips import SkipLog
 from vidrl.data.synth import synthesize
@@ -69,12 +72,20 @@ def main() -> None:
     parser.add_argument("--root", default="bench_results/data_efficiency", help="working folder")
     parser.add_argument("--steps", type=int, default=16, help="GRPO steps of every arm")
     parser.add_argument("--videos", type=int, default=48, help="synthetic videos")
+    parser.add_argument(
+        "--keep-fraction",
+        type=float,
+        default=0.5,
+        help="selection.top_k as a fraction of the training set (the highest-variance samples kept)",
+    )
     parser.add_argument("--out", default="bench_results/data_efficiency.json")
     args = parser.parse_args()
     root = Path(args.root).resolve()
     data = synthesize(root / "data", num_videos=args.videos, seed=0)
     model = build_tiny_model(root / "model", seed=0)
-    base = config(root, model, data.train_yaml, data.test_yaml, "run_name=sft")
+    full = load_samples(data.train_yaml, DataConfig(), SkipLog())
+    top_k = max(1, round(args.keep_fraction * len(full)))
+    base = config(root, model, data.train_yaml, data.test_yaml, "run_name=sft", f"selection.top_k={top_k}")
     with ray_session(base):
         rows, selection, select_seconds = run_arms(root, data, model, base, args.steps)
     result = {
