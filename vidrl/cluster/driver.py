@@ -30,10 +30,11 @@ import torch
 
 from vidrl.cluster.build import Run
 from vidrl.cluster.inputs import StepInputs
+from vidrl.data.sample import Sample
 from vidrl.learner.batch import TrainGroup
 from vidrl.learner.grpo import group_advantages
 from vidrl.rewards.types import RewardInput, RewardScore
-from vidrl.rollout.types import RolloutBatch, RolloutGroup
+from vidrl.rollout.types import RolloutBatch
 from vidrl.selection.gates import filter_groups, prompts_to_draw
 
 log = logging.getLogger(__name__)
@@ -91,27 +92,24 @@ def draw_round(run: Run, step: int, count: int) -> Round:
         # Refill rounds reuse the step's seed: their prompts differ, so their responses do too.
         batch = run.rollout.generate(list(inputs.prompts), step)
     with run.timer.phase("reward"):
-        reward_inputs = [
-            RewardInput(sample=inputs.samples[g.prompt_index], response=r.text)
-            for g in batch.groups
-            for r in g.responses
-        ]
-        scored = run.rewards.score(reward_inputs)
-    scores = regroup(batch.groups, scored.scores)
+        scores, failures = score_batch(run.rewards, batch, inputs.samples)
     totals = [[s.total for s in group if s is not None] for group in scores]
     kept = filter_groups(run.gate, totals)
-    return Round(count, inputs, batch, scores, tuple(kept), len(scored.failures))
+    return Round(count, inputs, batch, scores, tuple(kept), failures)
 
 
-def regroup(
-    groups: Sequence[RolloutGroup], flat: Sequence[RewardScore | None]
-) -> tuple[tuple[RewardScore | None, ...], ...]:
-    """Flat scores (group after group, response after response) -> one tuple per group."""
-    out, cursor = [], 0
-    for group in groups:
-        out.append(tuple(flat[cursor : cursor + len(group.responses)]))
+def score_batch(
+    rewards: Any, batch: RolloutBatch, samples: Sequence[Sample]
+) -> tuple[tuple[tuple[RewardScore | None, ...], ...], int]:
+    """Every response of `batch` scored on the reward pool against `samples[prompt_index]`:
+    (scores[g][i] of batch.groups[g].responses[i], None where the reward failed; failures)."""
+    inputs = [RewardInput(samples[g.prompt_index], r.text) for g in batch.groups for r in g.responses]
+    scored = rewards.score(inputs)
+    grouped, cursor = [], 0
+    for group in batch.groups:
+        grouped.append(tuple(scored.scores[cursor : cursor + len(group.responses)]))
         cursor += len(group.responses)
-    return tuple(out)
+    return tuple(grouped), len(scored.failures)
 
 
 def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:

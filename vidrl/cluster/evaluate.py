@@ -162,5 +162,8 @@ def mean_reward(cfg: RewardsConfig, scored: Sequence[Scored]) -> float:
 
 
 def evaluate(run: Run, samples: Sequence[Sample]) -> dict[str, Any]:
-    """`evaluate_run(run, samples).summary()`: task -> metrics, plus `skipped` and counts."""
-    return evaluate_run(run, samples).summary()
+    """Before and after training: `evaluate_run(run, samples).summary()` (task -> metrics, plus
+    `skipped` and counts) with `reward`, the mean total reward of the greedy answers under the
+    run's own rewards."""
+    result = evaluate_run(run, samples)
+    return result.summary() | {"reward": mean_reward(run.cfg.rewards, result.scored)}

@@ -20,7 +20,7 @@ from typing import Any
 
 from vidrl.cluster.build import Run, build_run, init_ray
 from vidrl.cluster.driver import run_grpo
-from vidrl.cluster.evaluate import evaluate_run, mean_reward
+from vidrl.cluster.evaluate import evaluate, evaluate_run
 from vidrl.cluster.metrics import Progress
 from vidrl.config import RunConfig
 from vidrl.data.readers import load_samples
@@ -57,7 +57,7 @@ def _train(run: Run) -> dict[str, Any]:
     eval_samples = load_eval_samples(cfg)
     summary: dict[str, Any] = {"run_dir": str(cfg.run_dir), "start_step": start}
     if eval_samples and start == 0:
-        summary["eval_before"] = evaluate_with_reward(run, eval_samples)
+        summary["eval_before"] = evaluate(run, eval_samples)
         log.info("evaluation before GRPO: %s", summary["eval_before"])
     progress = Progress(cfg.trainer.steps, start, cfg.trainer.progress_bar)
 
@@ -80,17 +80,10 @@ def _train(run: Run) -> dict[str, Any]:
     if cfg.trainer.steps > start:
         summary["checkpoint"] = str(save(run, cfg.trainer.steps))
     if eval_samples:
-        summary["eval_after"] = evaluate_with_reward(run, eval_samples)
+        summary["eval_after"] = evaluate(run, eval_samples)
         log.info("evaluation after GRPO: %s", summary["eval_after"])
     summary["skipped_samples"] = run.skips.skipped
     return summary
-
-
-def evaluate_with_reward(run: Run, samples: list[Sample]) -> dict[str, Any]:
-    """Held-out task metrics of the current weights (greedy), plus `reward`: the mean total
-    reward of those greedy answers under the run's own rewards."""
-    result = evaluate_run(run, samples)
-    return result.summary() | {"reward": mean_reward(run.cfg.rewards, result.scored)}
 
 
 def checkpoint_dir(cfg: RunConfig, step: int) -> Path:

@@ -29,7 +29,6 @@ from vidrl.config import RunConfig
 from vidrl.data.readers import load_samples, write_samples
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
-from vidrl.rewards.types import RewardInput
 from vidrl.selection.policies import SelectionResult, select
 from vidrl.selection.stats import SampleStats, sample_stats, write_stats
 
@@ -71,6 +70,7 @@ def repeated_inference(
     from tqdm import tqdm
 
     from vidrl.cluster.build import reward_pool
+    from vidrl.cluster.driver import score_batch
     from vidrl.cluster.inputs import LearnerInputs
     from vidrl.rollout.pool import RolloutPool
 
@@ -89,16 +89,8 @@ def repeated_inference(
             batch = rollout.generate(list(step.prompts), step=call, sampling=sampling)
             for skipped in batch.skipped:
                 skips.skip(f"sample {skipped.sample_id}", skipped.reason, counted=True)
-            reward_inputs = [
-                RewardInput(sample=step.samples[g.prompt_index], response=r.text)
-                for g in batch.groups
-                for r in g.responses
-            ]
-            scores = rewards.score(reward_inputs).scores
-            cursor = 0
-            for group in batch.groups:
-                group_scores = scores[cursor : cursor + len(group.responses)]
-                cursor += len(group.responses)
+            scores, _ = score_batch(rewards, batch, step.samples)
+            for group, group_scores in zip(batch.groups, scores, strict=True):
                 sample = step.samples[group.prompt_index]
                 out.append(sample_stats(sample.id, sample.task, group_scores, cfg.selection.pass_threshold))
             bar.update(min(chunk, len(samples) - first))
