@@ -1,4 +1,4 @@
-"""Both prediction parsers on realistic model outputs."""
+"""The prediction parsers on realistic model outputs (lmms-eval's own cases: test_lmms_parser_cases.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from vidrl.evaluation.parsing import parse_lmms, parse_tags
+from vidrl.evaluation.parsing import INTERVAL_PARSERS, parse_free, parse_lmms, parse_tags
 
 DURATION = 30.0
 
 
-# --- parse_lmms: lmms-eval's charades_sta conventions ----------------------------------------
+# --- parse_free: vidrl's own free-text reader ------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -38,14 +38,14 @@ DURATION = 30.0
         ("I watched 1 - 2 clips!\nThe door opening happens from 5 to 8.", (5.0, 8.0)),
         # the prompt's echoed example is not the answer
         ("A specific example is : 20.8 - 30.0 seconds. It happens in 4 - 6.", (4.0, 6.0)),
-        # past the end is kept: lmms-eval does not clamp
+        # past the end is kept, as lmms-eval keeps it
         ("It happens from 25 to 45 seconds.", (25.0, 45.0)),
         # "to" with no spaces around it is a dash too
         ("15to20", (15.0, 20.0)),
     ],
 )
-def test_parse_lmms_reads_free_text(text: str, expected: tuple[float, float]) -> None:
-    assert parse_lmms(text, DURATION) == pytest.approx(expected)
+def test_parse_free_reads_free_text(text: str, expected: tuple[float, float]) -> None:
+    assert parse_free(text, DURATION) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,8 @@ def test_parse_lmms_reads_free_text(text: str, expected: tuple[float, float]) ->
         "It happens from 1" + "0" * 400 + " to 5.",  # overflows to inf
     ],
 )
-def test_parse_lmms_unparseable_is_none(text: str) -> None:
-    assert parse_lmms(text, DURATION) is None
+def test_parse_free_unparseable_is_none(text: str) -> None:
+    assert parse_free(text, DURATION) is None
 
 
 # --- parse_tags: the strict <answer> format -----------------------------------------------------
@@ -96,8 +96,29 @@ def test_parse_tags_bad_is_none(text: str) -> None:
     assert parse_tags(text, DURATION) is None
 
 
-@pytest.mark.parametrize("parse", [parse_tags, parse_lmms])
+@pytest.mark.parametrize("parse", [parse_tags, parse_lmms, parse_free])
 @pytest.mark.parametrize("duration", [0.0, -1.0, math.nan, math.inf])
 def test_parsers_reject_bad_duration(parse, duration: float) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse("<answer>1 to 2</answer>", duration)
+
+
+@pytest.mark.parametrize(
+    ("text", "free", "lmms"),
+    [
+        # where vidrl's reader and lmms-eval's part ways (free reads more; never compare it
+        # with published tables)
+        ("start at 3s and end at 7s", (3.0, 7.0), None),  # one sentence, numbers paired
+        ("It occurs from 4 seconds to 9 seconds.", (4.0, 9.0), None),  # unit on the left
+        ("From 0:07.5 to 0:12", (7.5, 12.0), (0.0, 7.5)),  # fractions of a clock second
+        ("It happens at 3 seconds - 7 seconds", (3.0, 7.0), None),  # "seconds" before "-"
+    ],
+)
+def test_free_and_lmms_differ_where_documented(text: str, free, lmms) -> None:
+    assert parse_free(text, DURATION) == free
+    assert parse_lmms(text, DURATION) == lmms
+
+
+def test_parser_names() -> None:
+    expected = {"tags": parse_tags, "lmms": parse_lmms, "free": parse_free}
+    assert expected == INTERVAL_PARSERS

@@ -111,7 +111,7 @@ def test_predictions_rows_give_the_same_numbers_through_vidrl_metrics(tmp_path: 
         "<answer>[[0,0,0.5,0.5],[0.5,0.5,1,0.75]]</answer>",  # mean box IoU 0.75
         "<answer>(A)</answer>",
     ]
-    for parse in ("tags", "lmms"):
+    for parse in ("tags", "lmms", "free"):
         scored = score_predictions(samples, texts, parse)
         path = tmp_path / f"{parse}.jsonl"
         path.write_text("".join(json.dumps(prediction_row(s, variant="x")) + "\n" for s in scored))

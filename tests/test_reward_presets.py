@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from reward_samples import GQA, MCQ, TVG
 
 from vidrl.data.sample import Sample
 from vidrl.rewards.compose import ComposedReward
@@ -18,18 +19,6 @@ from vidrl.rewards.config import RewardsConfig, build_reward
 from vidrl.rewards.presets import preset_components
 from vidrl.rewards.types import RewardInput
 
-TVG = Sample(id="t", task="tvg", video="v", question="q", duration=30.0, timestamps=((10.0, 20.0),))
-MCQ = Sample("m", "mcq", "v", "q", duration=9.0, options=("a", "b", "c"), answer="B")
-GQA = Sample(
-    id="g",
-    task="gqa",
-    video="v",
-    question="q",
-    duration=30.0,
-    options=("a", "b"),
-    answer="B",
-    timestamps=((0.0, 10.0), (5.0, 15.0)),
-)
 TRACK = Sample(
     id="k",
     task="track",
@@ -133,10 +122,10 @@ TEMPORAL_R1_FORMAT = (
 
 
 def temporal_r1_reference(response: str, gt: tuple[float, float], duration: float) -> float:
-    """0.5 * IoU + 0.5 * format; IoU of JSON times divided by the video length."""
+    """0.5 * IoU + 0.5 * format; IoU of the first answer's JSON times / the video length."""
     fmt = 1.0 if re.fullmatch(TEMPORAL_R1_FORMAT, response, re.DOTALL) else 0.0
     try:
-        data = json.loads(re.findall(r"<answer>(.*?)</answer>", response, re.DOTALL)[-1])
+        data = json.loads(re.search(r"<answer>(.*?)</answer>", response, re.DOTALL)[1].strip())
         s, e = float(data["start_time"]) / duration, float(data["end_time"]) / duration
         gs, ge = gt[0] / duration, gt[1] / duration
         iou = max(min(e, ge) - max(s, gs), 0) / (max(e, ge) - min(s, gs))
@@ -174,7 +163,7 @@ thoughts = st.text(st.characters(blacklist_characters="<>"), max_size=30)
 
 
 @settings(max_examples=300, deadline=None)
-@given(case=grounding_cases(), think=thoughts, variant=st.integers(0, 3))
+@given(case=grounding_cases(), think=thoughts, variant=st.integers(0, 5))
 def test_temporal_r1_equals_reference(case: tuple, think: str, variant: int) -> None:
     duration, gt, (s, e) = case
     body = [
@@ -182,6 +171,8 @@ def test_temporal_r1_equals_reference(case: tuple, think: str, variant: int) -> 
         f'\n{{"start_time":"{s}",\n "end_time": "{e}"}} ',
         f'{{"start_time": {s}, "end_time": {e}}}',  # unquoted: IoU only
         f'{{"start_time": "{s}", "end_time": "{e}"}}',
+        f'{{"start_time": "{s:.3e}", "end_time": "{e:.3e}"}}',  # exponent form: IoU only
+        f'{{"start_time": "{s}", "end_time": "{e}"}}</answer><answer>{{}}',  # two blocks
     ][variant]
     response = f"<answer>{body}</answer>"
     if variant != 3:
@@ -288,11 +279,16 @@ def test_preset_lists_are_plain_data() -> None:
     assert [c["name"] for c in components] == [
         "format",
         "format",
+        "format",
         "tvg_iou",
         "mcq_accuracy",
         "gqa_accuracy",
         "gqa_iou",
         "track_iou",
     ]
-    assert [c["kwargs"]["grammar"] for c in components[:2]] == ["answer_only", "answer_only+task"]
+    assert [c["kwargs"]["grammar"] for c in components[:3]] == [
+        "answer_only",
+        "answer_only+glue",
+        "answer_only+task",
+    ]
     assert preset_components("videochat_r1")[0]["kwargs"]["grammar"] == "tags"  # not mutated

@@ -160,6 +160,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    parse_choices = ["tags", "lmms", "free"]
+    parse_help = (
+        "prediction parser: tags (the <answer> format training scores), lmms (lmms-eval's "
+        "charades_sta, exactly: for published tables), free (vidrl's free-text reader)"
+    )
     parser = argparse.ArgumentParser(prog="vidrl", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metrics", help="mIoU, R1@0.3/0.5/0.7 and accuracy of predictions")
     p.add_argument("file", help="JSONL rows: prediction plus timestamps+duration or answer")
-    p.add_argument("--parse", choices=["tags", "lmms"], default="tags", help="prediction parser")
+    p.add_argument("--parse", choices=parse_choices, default="tags", help=parse_help)
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("synth", help="write the synthetic video dataset (deterministic by seed)")
@@ -224,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="evaluation data (default: data.eval_path)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval)")
     p.add_argument("--variants", default=None, help="think,no_think (default: the config's)")
-    p.add_argument("--parser", choices=["tags", "lmms"], default="tags", help="prediction parser")
+    p.add_argument("--parser", choices=parse_choices, default="tags", help=parse_help)
     p.add_argument("--compare", nargs="+", default=None, metavar="RUN", help="eval folders to tabulate")
     p.set_defaults(func=cmd_eval)
 

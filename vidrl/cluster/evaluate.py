@@ -56,7 +56,7 @@ class EvalResult:
     @property
     def tasks(self) -> dict[str, dict[str, Any]]:
         """Task -> metrics (percent), as `vidrl.evaluation.scoring.summarize` gives them."""
-        return summarize(self.scored)
+        return summarize(self.scored, self.parse)
 
     def summary(self) -> dict[str, Any]:
         """The task metrics plus counts: what summary.json holds per variant."""

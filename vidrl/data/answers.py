@@ -17,13 +17,18 @@ in time linear in the input (possessive quantifiers and anchored scans instead o
 backtracking patterns, since responses are untrusted model output). Parsers return raw
 values (an interval may be reversed or outside the video); callers decide what to do.
 
-Where we depart from the references:
-- `extract_answer` takes the LAST complete `<answer>` block (Temporal-R1 takes the first);
-  the two agree whenever the response has one answer.
-- The "json" interval style also accepts unquoted numbers (`{"start_time": 1.5, ...}`), as
-  Temporal-R1's `json.loads` + `float` does; the strict quoted form is checked by the
-  format reward, not here. String values must be plain decimals ("1e3", "nan", "inf" and
-  "1_0" are rejected; Python's `float` would take them).
+Where we depart from the references, and the switches that reproduce them:
+- `extract_answer` takes the LAST complete `<answer>` block by default; `block="first"`
+  reads the first one, as Temporal-R1 and VideoChat-R1's QA reward do (`re.search`), and
+  `block="last_found"` the last of the blocks a left-to-right scan finds, as VideoChat-R1's
+  grounding reward does (`re.findall(...)[-1]`). All three agree on a response with one
+  answer; "last" and "last_found" differ only when an opening tag sits inside a block.
+- The "json" interval style also accepts unquoted numbers (`{"start_time": 1.5, ...}`); the
+  strict quoted form is checked by the format reward, not here. String values must be plain
+  decimals ("1e3", "nan", "inf" and "1_0" are rejected). `numbers="float"` reads the
+  values exactly as Temporal-R1 does, with Python's `float` ("5.000e-01", "1_0", true).
+- `parse_glue` reads `[(s, e), ...]` or `[[s, e], ...]` loosely; `parse_videochat_glue` is
+  VideoChat-R1's strict grammar (their regex plus `ast.literal_eval`).
 - `parse_letter` demands exactly one option letter; VideoChat-R1 takes the first capital
   A-G anywhere, which scores "A or B" as A.
 """
@@ -34,7 +39,7 @@ import json
 import math
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from vidrl.data.sample import Box, Interval, Sample
@@ -42,6 +47,15 @@ from vidrl.data.sample import Box, Interval, Sample
 IntervalStyle = Literal["json", "to", "any"]
 """json: Temporal-R1's JSON object; to: VideoChat-R1's last `S to E` / `S and E`;
 any: json, then a JSON object embedded in text, then `S to E`, then `S - E`."""
+NumberSyntax = Literal["decimal", "float"]
+"""How the start_time / end_time values of a JSON answer are read: decimal: numbers, or
+strings holding a plain decimal (vidrl); float: Python's `float` of the value, as
+Temporal-R1 reads it ("5.000e-01", " 1_0 ", "+2", 3 and true all count)."""
+AnswerBlock = Literal["last", "first", "last_found"]
+"""Which complete `<answer>` block is read: last: the last closing tag and the innermost
+opening before it (vidrl); first: the first opening tag and the first closing tag after it
+(`re.search(r"<answer>(.*?)</answer>", DOTALL)`); last_found: the last block of a
+left-to-right scan (`re.findall` of that pattern, last element)."""
 
 # Decimal number, signed; possessive so a long run of digits is scanned once.
 _NUM = r"[-+]?+(?:\d++(?:\.\d*+)?+|\.\d++)"
@@ -56,6 +70,13 @@ _DECIMAL_STRING = re.compile(rf"\s*+({_NUM})\s*+")
 _COMMA = r"\s*+,\s*+"
 _PAIR = re.compile(rf"[(\[]\s*+({_NUM}){_COMMA}({_NUM})\s*+[)\]]")
 _QUAD = re.compile(rf"[(\[]\s*+({_NUM}){_COMMA}({_NUM}){_COMMA}({_NUM}){_COMMA}({_NUM})\s*+[)\]]")
+# VideoChat-R1's glue list: their regex `^\[(\(N,\s*N\)(,\s*\(N,\s*N\))*(,)?|)\]$`, N =
+# `\d+(\.\d+)?`, narrowed to what `ast.literal_eval` then accepts: ASCII digits, and only
+# the whitespace Python's tokenizer skips. `$` also matches before one final newline.
+_VC_NUM = r"([0-9]++(?:\.[0-9]++)?+)"
+_VC_PAIR = rf"\({_VC_NUM},[ \t\n\r\f]*+{_VC_NUM}\)"
+_VC_GLUE = re.compile(rf"\[(?:{_VC_PAIR}(?:,[ \t\n\r\f]*+{_VC_PAIR})*+,?+)?+\]\n?+")
+_VC_GLUE_PAIR = re.compile(_VC_PAIR)
 
 # "The answer is", "Answer:", "The correct option is:", "Option", "Final answer -" ...
 _LETTER_PREFIX = re.compile(
@@ -72,24 +93,41 @@ _SECOND_CHOICE = re.compile(
 )
 
 
-def extract_answer(text: str) -> str | None:
-    """Content of the last complete `<answer>...</answer>` block, stripped; None if none."""
-    return _last_block(text, "answer")
+def extract_answer(text: str, block: AnswerBlock = "last") -> str | None:
+    """Content of one complete `<answer>...</answer>` block (see `AnswerBlock`), stripped;
+    None if there is none."""
+    body = find_block(text, "answer", block)
+    return None if body is None else body.strip()
 
 
-def parse_interval(answer: str, style: IntervalStyle) -> tuple[float, float] | None:
+def find_block(text: str, tag: str, block: AnswerBlock = "last") -> str | None:
+    """Raw (unstripped) content of one complete `<tag>...</tag>` block, or None.
+
+    Plain scans, linear in the text; see `AnswerBlock` for which block each choice reads.
+    """
+    if block == "first":
+        return _first_block(text, tag)
+    if block == "last_found":
+        return _last_found_block(text, tag)
+    return _last_block(text, tag)
+
+
+def parse_interval(
+    answer: str, style: IntervalStyle, numbers: NumberSyntax = "decimal"
+) -> tuple[float, float] | None:
     """The (start, end) pair in seconds written in an answer, or None.
 
     The pair is returned as written: it may be reversed or outside the video. Non-finite
     numbers (nan, inf, overflowing literals) give None.
     """
+    read = _python_float if numbers == "float" else _json_seconds
     if style == "json":
-        return _interval_from_json(answer)
+        return _interval_from_json(answer, read)
     if style == "to":
         return _last_range(_TO_RANGE, answer)
     if style == "any":
         for parse in (_interval_from_json, _interval_from_embedded_json):
-            pair = parse(answer)
+            pair = parse(answer, read)
             if pair is not None:
                 return pair
         return _last_range(_TO_RANGE, answer) or _last_range(_DASH_RANGE, answer)
@@ -135,6 +173,25 @@ def parse_glue(text: str) -> list[tuple[float, float]]:
     if any(pair is None for pair in pairs):
         return []
     return [(pair[0], pair[1]) for pair in pairs if pair is not None]
+
+
+def parse_videochat_glue(body: str) -> list[tuple[float, float]] | None:
+    """The pairs of a glue block body in VideoChat-R1's strict grammar, or None if invalid.
+
+    Valid exactly when their `is_valid_two_d_list_format` is true: `[(s, e), ...]` with
+    round brackets, unsigned decimals (no exponent; an integer may not have a leading zero,
+    "01", which Python's parser rejects), whitespace only after commas, an optional trailing
+    comma and final newline, every pair s <= e; `[]` is valid. The body is not stripped.
+    """
+    if _VC_GLUE.fullmatch(body) is None:
+        return None
+    pairs = []
+    for match in _VC_GLUE_PAIR.finditer(body):
+        start, end = _literal_number(match[1]), _literal_number(match[2])
+        if start is None or end is None or start > end:
+            return None
+        pairs.append((_unsigned_float(start), _unsigned_float(end)))
+    return pairs
 
 
 def parse_boxes(answer: str) -> list[Box] | None:
@@ -235,25 +292,86 @@ def _last_block(text: str, tag: str) -> str | None:
     if start < 0:
         return None
     body_start = start + len(opening)
-    return text[body_start : text.find(closing, body_start)].strip()
+    return text[body_start : text.find(closing, body_start)]
 
 
-def _interval_from_json(answer: str) -> tuple[float, float] | None:
+def _first_block(text: str, tag: str) -> str | None:
+    """From the first opening tag to the first closing tag after it (what `re.search` of
+    `<tag>(.*?)</tag>` finds: if the first opening has no closing after it, none has)."""
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    start = text.find(opening)
+    if start < 0:
+        return None
+    body_start = start + len(opening)
+    end = text.find(closing, body_start)
+    return None if end < 0 else text[body_start:end]
+
+
+def _last_found_block(text: str, tag: str) -> str | None:
+    """The last block of a left-to-right scan, each starting after the previous one ends
+    (the last element of `re.findall` of `<tag>(.*?)</tag>`)."""
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    found, pos = None, 0
+    while (start := text.find(opening, pos)) >= 0:
+        end = text.find(closing, start + len(opening))
+        if end < 0:
+            break
+        found, pos = text[start + len(opening) : end], end + len(closing)
+    return found
+
+
+def _interval_from_json(answer: str, read: Callable[[Any], float | None]) -> tuple[float, float] | None:
+    """start_time and end_time of a JSON object, each read by `read`."""
     try:
         data = json.loads(answer)
     except (ValueError, RecursionError):  # also covers over-long integer literals
         return None
     if not isinstance(data, dict):
         return None
-    start, end = _json_seconds(data.get("start_time")), _json_seconds(data.get("end_time"))
+    start, end = read(data.get("start_time")), read(data.get("end_time"))
     if start is None or end is None:
         return None
     return start, end
 
 
-def _interval_from_embedded_json(answer: str) -> tuple[float, float] | None:
+def _python_float(value: Any) -> float | None:
+    """`float(value)` as Temporal-R1 applies it to a JSON value (a string in any syntax
+    `float` takes, a number, or a bool: true is 1.0); None where it raises or is not finite."""
+    if not isinstance(value, str | int | float):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _literal_number(token: str) -> int | float | None:
+    """An unsigned decimal token as Python's parser reads it: int or float; None for an
+    integer with a leading zero ("01") or one too long for `int` (over 4,300 digits)."""
+    if "." in token:
+        return float(token)
+    if token[0] == "0" and token.strip("0"):
+        return None
+    try:
+        return int(token)
+    except ValueError:
+        return None
+
+
+def _unsigned_float(number: int | float) -> float:
+    # An integer literal beyond the float range (up to 4,300 digits are valid) is +inf.
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf
+
+
+def _interval_from_embedded_json(
+    answer: str, read: Callable[[Any], float | None]
+) -> tuple[float, float] | None:
     for match in reversed(list(_FLAT_OBJECT.finditer(answer))):
-        pair = _interval_from_json(match[0])
+        pair = _interval_from_json(match[0], read)
         if pair is not None:
             return pair
     return None

@@ -27,4 +27,4 @@ def evaluate_predictions(
     """Task -> metrics: tvg mIoU and R1@0.3/0.5/0.7 (percent); mcq accuracy, `invalid_option`
     (percent of outputs naming no single valid option) and per-type accuracy; gqa accuracy and
     interval mIoU; track mean box IoU; each with `n` and `unparsed`."""
-    return summarize(score_predictions(samples, texts, parse))
+    return summarize(score_predictions(samples, texts, parse), parse)

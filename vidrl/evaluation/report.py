@@ -10,9 +10,11 @@ and `duration`; "track" rows carry `boxes: [[x0, y0, x1, y1], ...]`. The predict
 `vidrl eval` is such a file. Blank lines are skipped.
 
 Output, one JSON object:
-    parse          which parser read the predictions ("tags" or "lmms")
+    parse          which parser read the predictions ("tags", "lmms" or "free")
     n, unparsed    grounding rows scored, and how many of them gave no interval (IoU 0)
-    mIoU, R1@0.3, R1@0.5, R1@0.7   percent, lmms-eval style (see metrics.py)
+    mIoU, R1@0.3, R1@0.5, R1@0.7   percent, lmms-eval style (see metrics.py); with "lmms",
+                   computed exactly as lmms-eval's charades_sta computes them
+                   (`vidrl.evaluation.parsing.lmms_metrics`), here and under `tasks`
     accuracy, n_mcq, unparsed_mcq  percent correct, mcq rows scored, rows with no letter;
                    present only when the input holds at least one mcq row
     tasks          every task's summary, as `vidrl eval` reports it (vidrl.evaluation.scoring)
@@ -69,7 +71,7 @@ class _Tally:
         self.errors.append({"line": line, "reason": reason})
 
     def summary(self) -> dict[str, object]:
-        tasks = summarize(self.scored)
+        tasks = summarize(self.scored, self.parse)
         result: dict[str, object] = {"parse": self.parse}
         grounding = tasks.get("tvg") or {**grounding_metrics([]), "unparsed": 0}
         result["n"] = grounding["n"]
@@ -86,7 +88,7 @@ class _Tally:
 
 
 def compute_metrics(rows: Iterable[object], parse: str) -> dict[str, object]:
-    """Score rows (already decoded) with the "tags" or "lmms" parser; see the module doc.
+    """Score rows (already decoded) with the "tags", "lmms" or "free" parser; see the module doc.
 
     Rows are numbered from 1 in the `errors` list.
     """

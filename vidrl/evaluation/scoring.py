@@ -6,7 +6,7 @@ One function, `score_prediction`, scores a (sample, output) pair both for the ha
 predictions row), so the two can never disagree.
 
 What each task's prediction is read as, and what it scores:
-  tvg    the interval of the chosen parser ("tags" or "lmms"); score = temporal IoU
+  tvg    the interval of the chosen parser ("tags", "lmms" or "free"); score = temporal IoU
   mcq    exactly one option letter; score = 1 if right, else 0
   gqa    exactly one option letter, plus `<glue>` intervals; score = 1 if the letter is right,
          `iou` = IoU of the merged supporting intervals (VideoChat-R1's grounded QA)
@@ -34,7 +34,7 @@ from typing import Any
 from vidrl.data.answers import extract_answer, parse_boxes, parse_glue, parse_letter
 from vidrl.data.sample import Box, Sample
 from vidrl.evaluation.metrics import grounding_metrics, temporal_iou
-from vidrl.evaluation.parsing import INTERVAL_PARSERS
+from vidrl.evaluation.parsing import INTERVAL_PARSERS, lmms_metrics
 from vidrl.rewards.builtin import box_iou, gqa_iou
 
 
@@ -58,7 +58,7 @@ class Scored:
 
 
 def score_prediction(sample: Sample, prediction: str, parse: str = "tags") -> Scored:
-    """Read and score `prediction` for `sample` with the "tags" or "lmms" parser."""
+    """Read and score `prediction` for `sample` with the "tags", "lmms" or "free" parser."""
     if parse not in INTERVAL_PARSERS:
         raise ValueError(f"parse must be one of {sorted(INTERVAL_PARSERS)}, got {parse!r}")
     if sample.task == "tvg":
@@ -78,10 +78,10 @@ def score_prediction(sample: Sample, prediction: str, parse: str = "tags") -> Sc
 
 
 def _answer_text(prediction: str, parse: str) -> str | None:
-    # The strict parser wants the answer inside <answer>; lmms reads free text, using the
-    # tag's content when a model happens to write one.
+    # The strict parser wants the answer inside <answer>; lmms and free read free text,
+    # using the tag's content when a model happens to write one.
     answer = extract_answer(prediction)
-    return prediction if answer is None and parse == "lmms" else answer
+    return prediction if answer is None and parse in ("lmms", "free") else answer
 
 
 def _score_track(sample: Sample, prediction: str, parse: str) -> Scored:
@@ -99,8 +99,9 @@ def _clamped(box: Box) -> Box:
     return (x0, y0, x1, y1)
 
 
-def summarize(scored: Sequence[Scored]) -> dict[str, dict[str, Any]]:
-    """Task -> its metrics (see the module docstring); only tasks present appear."""
+def summarize(scored: Sequence[Scored], parse: str = "tags") -> dict[str, dict[str, Any]]:
+    """Task -> its metrics (see the module docstring); only tasks present appear. With the
+    "lmms" parser the grounding metrics are lmms-eval's own (`lmms_metrics`: exact thresholds)."""
     by_task: dict[str, list[Scored]] = {}
     for item in scored:
         by_task.setdefault(item.sample.task, []).append(item)
@@ -108,7 +109,8 @@ def summarize(scored: Sequence[Scored]) -> dict[str, dict[str, Any]]:
     for task, items in by_task.items():
         unparsed = sum(item.unparsed for item in items)
         if task == "tvg":
-            out[task] = {**grounding_metrics([item.score for item in items]), "unparsed": unparsed}
+            metric = lmms_metrics if parse == "lmms" else grounding_metrics
+            out[task] = {**metric([item.score for item in items]), "unparsed": unparsed}
         elif task == "mcq":
             out[task] = {**_choice_metrics(items), "per_type": _per_type(items)}
         elif task == "gqa":

@@ -17,6 +17,12 @@ Where we depart from the references (Temporal-R1, VideoChat-R1):
   quadratically on responses full of tags; `tests/test_rewards.py` checks the equivalence.
 - For gqa the tag grammars include VideoChat-R1's `\\s*<glue>.*?</glue>` after the answer,
   since the supporting intervals are written there.
+
+The switches that reproduce a reference where vidrl's default reads differently (the
+presets set them; see `vidrl.rewards.presets` for what each preset matches and where it
+still departs): `block` picks which `<answer>` block is read (`AnswerBlock`),
+`numbers="float"` reads JSON times with Python's `float` as Temporal-R1 does, and
+`glue="videochat_r1"` / the "+glue" grammars use VideoChat-R1's strict glue grammar.
 """
 
 from __future__ import annotations
@@ -28,22 +34,38 @@ from itertools import pairwise
 from typing import Literal
 
 from vidrl.data.answers import (
+    AnswerBlock,
     IntervalStyle,
+    NumberSyntax,
     extract_answer,
+    find_block,
     parse_boxes,
     parse_glue,
     parse_interval,
     parse_letter,
+    parse_videochat_glue,
 )
 from vidrl.data.sample import Box, Interval, Sample
 
 FormatGrammar = Literal[
-    "tags", "tags+task", "answer_only", "answer_only+task", "tags_json_tvg", "answer_json_tvg"
+    "tags",
+    "tags+task",
+    "tags+glue",
+    "answer_only",
+    "answer_only+task",
+    "answer_only+glue",
+    "tags_json_tvg",
+    "answer_json_tvg",
 ]
 """tags: `<think>.*?</think>\\s*<answer>.*?</answer>` fullmatch (gqa: plus `<glue>` block);
 answer_only: `\\s*<answer>.*?</answer>\\s*` for the no-thinking prompt; `+task`: the same and
-the answer parses for the sample's task; tags_json_tvg / answer_json_tvg: Temporal-R1's strict
-JSON grammar (tvg only)."""
+the answer parses for the sample's task; `+glue`: the same and, for gqa, the first `<glue>`
+block is a valid list in VideoChat-R1's grammar (their gqa format; other tasks as without
+it); tags_json_tvg / answer_json_tvg: Temporal-R1's strict JSON grammar (tvg only)."""
+GlueGrammar = Literal["vidrl", "videochat_r1"]
+"""How `gqa_iou` reads `<glue>`: vidrl: the last block, loosely (`parse_glue`), reversed
+pairs dropped; videochat_r1: the first block in VideoChat-R1's strict grammar
+(`parse_videochat_glue`), IoU 0 if it is invalid."""
 
 # Temporal-R1's format regex; `[\d.]++` is possessive only to avoid backtracking (a `"`
 # must follow, so the greedy match is the only one that can succeed).
@@ -87,6 +109,8 @@ def format_reward(
         return 0.0
     if grammar.endswith("+task") and not answer_is_well_formed(text, sample, style):
         return 0.0
+    if grammar.endswith("+glue") and sample.task == "gqa" and _videochat_glue(text) is None:
+        return 0.0
     return 1.0
 
 
@@ -114,18 +138,24 @@ def answer_is_well_formed(response: str, sample: Sample, style: IntervalStyle = 
 
 
 def tvg_iou(
-    response: str, sample: Sample, style: IntervalStyle = "any", normalize: bool = False
+    response: str,
+    sample: Sample,
+    style: IntervalStyle = "any",
+    normalize: bool = False,
+    block: AnswerBlock = "last",
+    numbers: NumberSyntax = "decimal",
 ) -> float | None:
     """Temporal IoU of the answered interval with the ground truth (tvg only).
 
     The prediction is clamped to [0, duration]; start >= end after clamping scores 0.
     normalize: divide all times by the duration first, as Temporal-R1 does (the same IoU
     up to rounding; kept so that preset reproduces their numbers bit for bit).
+    block: which `<answer>` block is read; numbers: how JSON times are read.
     """
     if sample.task != "tvg" or not sample.timestamps:
         return None
-    answer = extract_answer(response)
-    pair = None if answer is None else parse_interval(answer, style)
+    answer = extract_answer(response, block)
+    pair = None if answer is None else parse_interval(answer, style, numbers)
     if pair is None:
         return 0.0
     start, end = _clamp_interval(pair, sample.duration)
@@ -138,30 +168,32 @@ def tvg_iou(
     return interval_iou((start, end), (gt_start, gt_end))
 
 
-def mcq_accuracy(response: str, sample: Sample) -> float | None:
+def mcq_accuracy(response: str, sample: Sample, block: AnswerBlock = "last") -> float | None:
     """1.0 if the answer names exactly one option and it is the right one (mcq only)."""
     if sample.task != "mcq":
         return None
-    return _letter_accuracy(response, sample)
+    return _letter_accuracy(response, sample, block)
 
 
-def gqa_accuracy(response: str, sample: Sample) -> float | None:
+def gqa_accuracy(response: str, sample: Sample, block: AnswerBlock = "last") -> float | None:
     """1.0 if the answer names exactly one option and it is the right one (gqa only)."""
     if sample.task != "gqa":
         return None
-    return _letter_accuracy(response, sample)
+    return _letter_accuracy(response, sample, block)
 
 
-def gqa_iou(response: str, sample: Sample) -> float | None:
+def gqa_iou(response: str, sample: Sample, glue: GlueGrammar = "vidrl") -> float | None:
     """IoU of the merged `<glue>` intervals with the merged ground-truth intervals (gqa).
 
-    Each predicted interval is clamped to [0, duration]; empty or reversed ones are
-    dropped. IoU = length of the intersection of the two unions / length of their union.
+    glue: how the block is read (`GlueGrammar`). Each predicted interval is clamped to
+    [0, duration]; empty or reversed ones are dropped. IoU = length of the intersection of
+    the two unions / length of their union.
     """
     if sample.task != "gqa" or not sample.timestamps:
         return None
+    pairs = parse_glue(response) if glue == "vidrl" else _videochat_glue(response) or []
     predicted = []
-    for pair in parse_glue(response):
+    for pair in pairs:
         start, end = _clamp_interval(pair, sample.duration)
         if start < end:
             predicted.append((start, end))
@@ -221,13 +253,19 @@ def box_iou(a: Box, b: Box) -> float:
     return _unit(inter / union) if union > 0 else 0.0
 
 
-def _letter_accuracy(response: str, sample: Sample) -> float | None:
+def _letter_accuracy(response: str, sample: Sample, block: AnswerBlock) -> float | None:
     truth = None if sample.answer is None else parse_letter(sample.answer)
     if truth is None:
         return None  # no usable ground truth: not scoreable rather than always wrong
-    answer = extract_answer(response)
+    answer = extract_answer(response, block)
     chosen = None if answer is None else parse_letter(answer, len(sample.options) or None)
     return 1.0 if chosen == truth else 0.0
+
+
+def _videochat_glue(response: str) -> list[Interval] | None:
+    """The first `<glue>` block in VideoChat-R1's grammar; None if absent or invalid."""
+    body = find_block(response, "glue", "first")
+    return None if body is None else parse_videochat_glue(body)
 
 
 def _is_tag_chain(text: str, tags: Sequence[str]) -> bool:
