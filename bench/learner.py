@@ -47,7 +47,7 @@ from vidrl.data.tiny import build_tiny_model
 from vidrl.learner.batch import TrainGroup, VisionArrays, micro_batches, step_totals
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import config_prompt_position_ids
-from vidrl.learner.grpo import entropy_from_logits, group_advantages, grpo_loss, token_logprobs
+from vidrl.learner.grpo import group_advantages, grpo_loss
 from vidrl.learner.loss_config import LossConfig
 from vidrl.learner.prefix import response_positions
 
@@ -137,6 +137,12 @@ def _cat(arrays: Sequence[np.ndarray]) -> torch.Tensor | None:
     return torch.cat([torch.from_numpy(a) for a in arrays]) if arrays else None
 
 
+def textbook_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(target), entropy) [B, L] the way one writes it: a float32 log_softmax over [B, L, V]."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return log_probs.gather(-1, targets[..., None])[..., 0], -(log_probs.exp() * log_probs).sum(-1)
+
+
 def plain_loop(model_dir: Path, groups: Sequence[TrainGroup], cfg: LearnerConfig) -> StepFn:
     """A single-process GRPO step as one writes it without vidrl's learner: the same
     micro-batches, loss, gradient clipping and AdamW, no Ray, no FSDP2."""
@@ -162,12 +168,12 @@ def plain_loop(model_dir: Path, groups: Sequence[TrainGroup], cfg: LearnerConfig
         loss = 0.0
         for batch in plan:
             logits, targets, mask = plain_logits(model, batch, model.config)  # [B, L, (V)]
-            logprobs = token_logprobs(logits, targets)  # [B, L]
+            logprobs, entropy = textbook_logprobs(logits, targets)  # [B, L] each
             reference_logprobs = None
             if reference is not None:
                 with torch.no_grad():
                     reference_logits = plain_logits(reference, batch, model.config)[0]
-                    reference_logprobs = token_logprobs(reference_logits, targets)
+                    reference_logprobs = textbook_logprobs(reference_logits, targets)[0]
             terms = grpo_loss(
                 logprobs,
                 logprobs.detach(),  # one update per step: the old policy is the current one
@@ -175,7 +181,7 @@ def plain_loop(model_dir: Path, groups: Sequence[TrainGroup], cfg: LearnerConfig
                 mask,
                 cfg.loss,
                 ref_logprobs=reference_logprobs,
-                entropy=entropy_from_logits(logits),
+                entropy=entropy,
                 global_denominator=denominator,
             )
             terms.loss.backward()

@@ -11,13 +11,11 @@ from torch.autograd import gradcheck
 
 from vidrl.learner.grpo import (
     aggregate,
-    entropy_from_logits,
     group_advantages,
     grpo_loss,
     kl_penalty,
     loss_denominator,
     policy_loss_terms,
-    token_logprobs,
 )
 from vidrl.learner.loss_config import LossAggregation, LossConfig
 
@@ -167,74 +165,6 @@ def test_k3_gradient_stays_finite_when_exp_would_overflow() -> None:
     assert logp.grad is not None
     # Second token: d/dlogp (e^(-logp) + logp - 1) = 1 - e^0.5 = 1 - 1.64872 = -0.64872.
     close(logp.grad, [[0.0, -0.64872]])
-
-
-# ---------------------------------------------------------------- from logits
-
-
-def test_entropy_of_uniform_is_log_vocab() -> None:
-    # Uniform over V = 7: H = ln 7 = 1.94591, at any logit level.
-    logits = torch.full((2, 3, 7), 5.0)
-    close(entropy_from_logits(logits), torch.full((2, 3), 1.94591))
-
-
-def test_entropy_and_logprobs_at_a_hand_worked_point() -> None:
-    # logits [0, ln 3] -> p = [1/4, 3/4].
-    # H = -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.25 * 1.38629 + 0.75 * 0.28768
-    #   = 0.34657 + 0.21576 = 0.56233.
-    logits = torch.tensor([[[0.0, LN3], [0.0, LN3]]])
-    close(entropy_from_logits(logits), [[0.56233, 0.56233]])
-    # log p[1] = ln 0.75 = -0.28768; log p[0] = ln 0.25 = -1.38629.
-    close(token_logprobs(logits, torch.tensor([[1, 0]])), [[-0.28768, -1.38629]])
-
-
-def test_large_and_infinite_logits_are_stable() -> None:
-    # [1000, 1000, -inf]: p = [0.5, 0.5, 0]; log p[0] = -ln 2 = -0.69315; H = ln 2 = 0.69315.
-    logits = torch.tensor([[[1000.0, 1000.0, -math.inf]]], requires_grad=True)
-    close(token_logprobs(logits, torch.tensor([[0]])), [[-0.69315]])
-    entropy = entropy_from_logits(logits)
-    close(entropy, [[0.69315]])
-    entropy.sum().backward()
-    assert logits.grad is not None and torch.isfinite(logits.grad).all()
-
-
-@pytest.mark.parametrize("chunk_tokens", [1, 3, 1024])
-def test_logits_functions_match_autograd_on_sliced_logits(chunk_tokens: int) -> None:
-    gen = torch.Generator().manual_seed(0)
-    full = torch.randn(2, 6, 11, generator=gen, dtype=torch.float64, requires_grad=True)
-    logits = full[:, :-1]  # [2, 5, 11], not contiguous: the usual shift by one token
-    targets = torch.randint(0, 11, (2, 5), generator=gen)
-    weights = torch.randn(2, 5, generator=gen, dtype=torch.float64)
-
-    mine = (token_logprobs(logits, targets, chunk_tokens) * weights).sum()
-    mine = mine + (entropy_from_logits(logits, chunk_tokens) * weights).sum()
-    (grad_mine,) = torch.autograd.grad(mine, full)
-
-    logp = torch.log_softmax(logits, dim=-1)
-    ref = (logp.gather(-1, targets[..., None]).squeeze(-1) * weights).sum()
-    ref = ref + (-(logp.exp() * logp).sum(-1) * weights).sum()
-    (grad_ref,) = torch.autograd.grad(ref, full)
-    torch.testing.assert_close(mine, ref)
-    torch.testing.assert_close(grad_mine, grad_ref)
-
-
-def test_logits_functions_gradcheck_in_float64() -> None:
-    gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
-    targets = torch.randint(0, 5, (2, 3), generator=gen)
-    assert gradcheck(lambda z: token_logprobs(z, targets, chunk_tokens=2), (logits,))
-    assert gradcheck(lambda z: entropy_from_logits(z, chunk_tokens=2), (logits,))
-
-
-def test_bf16_logits_give_float32_results_and_bf16_grads() -> None:
-    logits = torch.tensor([[[0.0, LN3]]], dtype=torch.bfloat16, requires_grad=True)
-    logp = token_logprobs(logits, torch.tensor([[1]]))
-    assert logp.dtype == torch.float32
-    logp.sum().backward()
-    assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
-    # d log p1 / dz = onehot(1) - p = [-0.25, 0.25]; ln 3 rounds to 1.1016 in bf16, so
-    # p1 = 0.7506 and the gradient is [-0.2494, 0.2494], within 2e-3.
-    close(logits.grad.float(), [[[-0.25, 0.25]]], atol=2e-3)
 
 
 # ---------------------------------------------------------------- aggregation

@@ -61,3 +61,42 @@ def test_config_rejects_nonsense() -> None:
         LearnerConfig(num_ranks=0)
     with pytest.raises(ValueError):
         LearnerConfig(max_tokens_per_microbatch=1)
+
+
+def test_each_part_of_the_model_gets_its_own_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import torch
+
+    from vidrl.learner import model as model_module
+    from vidrl.learner.model import choose_attention
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    two_pass = choose_attention(LearnerConfig(), cpu)
+    assert (two_pass.text, two_pass.vision, two_pass.prefix_kernel) == ("vidrl_shared_prefix", "sdpa", "sdpa")
+    assert choose_attention(LearnerConfig(prefix_attention="mask"), cpu).text == "sdpa"
+    assert choose_attention(LearnerConfig(shared_prefix=False), cpu).text == "sdpa"
+    # On a GPU with flash-attn installed: flash for bf16 compute (vision tower and the varlen
+    # passes), SDPA for float32 (flash-attn takes no float32), and a clear error when asked for.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        model_module.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a),
+    )
+    bf16 = choose_attention(LearnerConfig(param_dtype="bfloat16"), gpu)
+    assert (bf16.text, bf16.vision, bf16.prefix_kernel) == (
+        "vidrl_shared_prefix",
+        "flash_attention_2",
+        "flash",
+    )
+    assert (
+        choose_attention(LearnerConfig(param_dtype="bfloat16", shared_prefix=False), gpu).text
+        == "flash_attention_2"
+    )
+    assert (
+        choose_attention(LearnerConfig(param_dtype="bfloat16", prefix_attention="mask"), gpu).text == "sdpa"
+    )
+    assert choose_attention(LearnerConfig(), gpu).vision == "sdpa"
+    with pytest.raises(ValueError, match="param_dtype: bfloat16"):
+        choose_attention(LearnerConfig(attention="flash_attention_2"), gpu)

@@ -155,6 +155,11 @@ def test_two_ranks_match_one_and_resume_exactly(
     cfg = gradient_like(num_ranks=2, lr_schedule="cosine", total_steps=4)  # lr changes every step
     first = LearnerGroup(str(model_dir), cfg, seed=0)
     try:
+        # each rank read only its rows of the checkpoint: together they are from_pretrained's weights
+        loaded = dict(
+            AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).named_parameters()
+        )
+        assert max_difference(exported(first, 0), {k: v.detach() for k, v in loaded.items()}) == 0.0
         metrics = first.train_step(groups)
         assert max_difference(exported(first, 1), one_rank_update["whole"]) < 1e-5  # 2 ranks == 1 rank
         assert metrics["tokens"] == sum(g.cost(True) for g in groups)
@@ -187,3 +192,33 @@ def test_two_ranks_match_one_and_resume_exactly(
         resumed.shutdown()
     hf = AutoModelForImageTextToText.from_pretrained(tmp_path / "ckpt" / "hf")  # loadable by transformers
     assert sum(p.numel() for p in hf.parameters()) > 0
+
+
+def test_reference_in_compute_dtype_offloaded_and_weights_out_in_the_engine_dtype(
+    cluster: None, model_dir: Path, groups: list[TrainGroup]
+) -> None:
+    """bf16 compute with KL: the reference is kept in bf16, offloaded between uses (FSDP2's CPU
+    offload), and equals the policy at step 1 (KL exactly 0); exported buckets are bf16 (half the
+    bytes of the float32 masters); each rank reports its peak memory."""
+    from transformers import AutoModelForImageTextToText
+
+    from vidrl.learner.group import LearnerGroup
+
+    loss = LossConfig(kl_coef=0.1, entropy_coef=0.0)
+    cfg = config(num_ranks=2, param_dtype="bfloat16", reference_offload=True, loss=loss)
+    learner = LearnerGroup(str(model_dir), cfg, seed=0, export_dtype="bfloat16")
+    try:
+        start = exported(learner, 0)
+        first, second = learner.train_step(groups), learner.train_step(groups)
+        build = learner.build_memory
+    finally:
+        learner.shutdown()
+    hf = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    expected = {k: v.detach().to(torch.bfloat16) for k, v in hf.named_parameters()}
+    assert {t.dtype for t in start.values()} == {torch.bfloat16}
+    assert max_difference(start, expected) == 0.0
+    parameters = sum(p.numel() for p in hf.parameters())
+    assert sum(t.numel() * t.element_size() for t in start.values()) == 2 * parameters
+    assert first["kl"] == 0.0 and second["kl"] > 0.0
+    assert all(0 < rank["start_host_bytes"] <= rank["optimizer_host_bytes"] for rank in build)
+    assert first["peak_host_bytes"] > 0

@@ -26,6 +26,7 @@ from vidrl.learner.forward import (
     config_prompt_position_ids,
     model_attention_mask,
     prompt_position_ids,
+    use_shared_prefix_attention,
 )
 from vidrl.learner.forward import response_logprobs_plain as plain_fn
 from vidrl.learner.forward import response_logprobs_shared as shared_fn
@@ -271,12 +272,20 @@ def loss_and_grads(
 
 
 def assert_layouts_agree(
-    model: torch.nn.Module, groups: list[PackedGroup], vision: list[VisionInputs | None]
+    model: torch.nn.Module,
+    groups: list[PackedGroup],
+    vision: list[VisionInputs | None],
+    attention: str = "mask",
+    kernel: str = "sdpa",
 ) -> None:
     """Log-probs, entropies and every parameter's gradient agree between the two layouts."""
     generator = torch.Generator().manual_seed(1)
     advantages = [torch.randn(g.num_responses, 1, generator=generator) for g in groups]
-    shared, shared_grads = loss_and_grads(model, shared_fn, groups, vision, advantages)
+
+    def shared_layout(*args: object, **kwargs: object) -> list[ResponseLogprobs]:
+        return shared_fn(*args, attention=attention, kernel=kernel, **kwargs)  # type: ignore[arg-type]
+
+    shared, shared_grads = loss_and_grads(model, shared_layout, groups, vision, advantages)
     plain, plain_grads = loss_and_grads(model, plain_fn, groups, vision, advantages)
     for s, p in zip(shared, plain, strict=True):
         assert torch.equal(s.mask, p.mask)
@@ -345,6 +354,60 @@ def test_shared_equals_plain_for_two_padded_groups(
     ]
     assert groups[0].length != groups[1].length  # so one of them is padded
     assert_layouts_agree(model, groups, [vision_a, vision_b])
+
+
+@pytest.fixture(scope="module")
+def prefix_model(model_dir: Path) -> Qwen2_5_VLForConditionalGeneration:
+    """The text model under vidrl's shared-prefix attention (plain SDPA when given no layout)."""
+    model = load_model(model_dir, "sdpa")
+    use_shared_prefix_attention(model)
+    return model
+
+
+def two_groups(processor: AutoProcessor, model: torch.nn.Module) -> tuple[list[PackedGroup], list]:
+    """A video group (3 responses) and a longer video group (2 responses): one is padded."""
+    (ids_a, pos_a, vision_a), _ = first_prompt(processor, model)
+    (ids_b, pos_b, vision_b), _ = video_prompt(
+        processor, model, frames(6, 84, 56, 1), "the red square moves left"
+    )
+    groups = [
+        pack_group(ids_a, pos_a, responses([5, 2, 7], seed=0)),
+        pack_group(ids_b, pos_b, responses([3, 6], seed=1)),
+    ]
+    return groups, [vision_a, vision_b]
+
+
+@pytest.mark.parametrize(
+    ("attention", "kernel"), [("mask", "sdpa"), ("two_pass", "sdpa"), ("two_pass", "sdpa_varlen")]
+)
+def test_two_pass_attention_equals_the_plain_layout(
+    prefix_model: torch.nn.Module, processor: AutoProcessor, attention: str, kernel: str
+) -> None:
+    """No T x T mask: prefix self-attention, then responses against [prefix; own] keys, with
+    SDPA per group or through the varlen packing flash-attn receives (an SDPA stand-in here)."""
+    groups, vision = two_groups(processor, prefix_model)
+    assert_layouts_agree(prefix_model, groups, vision, attention, kernel)
+
+
+def test_flex_attention_forward_equals_the_plain_layout(
+    prefix_model: torch.nn.Module, processor: AutoProcessor
+) -> None:
+    """FlexAttention's block mask (GPU path; torch has no flex backward on CPU, so forward only)."""
+    groups, vision = two_groups(processor, prefix_model)
+    with torch.no_grad():
+        flex = shared_fn(prefix_model, groups, vision, attention="flex", with_entropy=True)
+        plain = plain_fn(prefix_model, groups, vision, with_entropy=True)
+    for f, p in zip(flex, plain, strict=True):
+        torch.testing.assert_close(f.logprobs, p.logprobs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(f.entropies, p.entropies, rtol=1e-5, atol=1e-5)
+
+
+def test_two_pass_needs_the_shared_prefix_implementation(
+    model: torch.nn.Module, processor: AutoProcessor
+) -> None:
+    groups, vision = two_groups(processor, model)
+    with pytest.raises(ValueError, match="vidrl_shared_prefix"):
+        shared_fn(model, groups, vision, attention="two_pass")
 
 
 def test_batching_does_not_change_a_groups_logprobs(

@@ -7,6 +7,7 @@ ones it needs first, so the tests do not depend on their order.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -104,9 +105,10 @@ def prompts(pool: RolloutPool, processor: Any) -> list[RolloutPrompt]:
     return [first, second, RolloutPrompt("s2", TEXT_ONLY)]
 
 
-def publish(version: int, model: Any) -> list[Any]:
-    """The model's state dict as object-store references to buckets of at most 1 MB."""
-    named = list(model.state_dict().items())
+def publish(version: int, model: Any, dtype: torch.dtype | None = None) -> list[Any]:
+    """The model's state dict as object-store references to buckets of at most 1 MB, cast to
+    `dtype` first (the learner casts to the engine's dtype before packing)."""
+    named = [(k, v if dtype is None else v.to(dtype)) for k, v in model.state_dict().items()]
     return [ray.put(pack_bucket(version, group)) for group in split_into_buckets(named, 1 << 20)]
 
 
@@ -243,6 +245,18 @@ def test_greedy_output_follows_a_weight_update(
     assert after == hf_greedy_tokens[1]
     assert after != before
     assert pool.weights_version == 5
+
+
+def test_buckets_in_another_dtype_load_as_their_values(
+    pool: RolloutPool, prompts: list, hf: dict[int, Any], processor: Any
+) -> None:
+    """bf16 buckets into this float32 engine: greedy equals transformers with the bf16-rounded weights."""
+    rounded = copy.deepcopy(hf[1])
+    with torch.no_grad():
+        for param in rounded.parameters():
+            param.copy_(param.to(torch.bfloat16))
+    pool.update_weights(6, publish(6, hf[1], torch.bfloat16))
+    assert greedy_tokens(pool, prompts) == [hf_greedy(rounded, processor, p) for p in prompts]
 
 
 def test_an_update_during_generate_lands_before_or_after_all_of_it(

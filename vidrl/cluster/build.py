@@ -191,6 +191,7 @@ def start_actors(cfg: RunConfig, path: str, placement: Placement) -> tuple[Any, 
                 seed=cfg.seed,
                 scheduling=placement.learner,
                 temperature=cfg.rollout.temperature,
+                export_dtype=cfg.rollout.dtype,
             )
             started.append(learner)
         rollout = starting.result()

@@ -124,6 +124,10 @@ class TinyQwenShape(StrictConfig):
     """Largest frame/image area after resizing, in pixels (224x224 = 64 merged visual tokens)."""
     tie_word_embeddings: bool = False
     """Share the input embedding with the output head (Qwen2.5-VL-3B does, 7B does not)."""
+    vocab_size: int | None = Field(None, ge=1)
+    """Rows of the embedding and output head; None: one per token. Qwen2.5-VL pads its 151,665
+    tokens to 151,936 rows: a benchmark at the real vocabulary sets that (ids past the tokenizer
+    are never produced by it)."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyQwenShape:
@@ -236,7 +240,7 @@ def build_config(
     temporal_pairs = half_head // 4
     mrope_section = [temporal_pairs, *[(half_head - temporal_pairs) // 2] * 2]
     text = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": max(len(tokenizer), shape.vocab_size or 0),
         "hidden_size": shape.text_hidden_size,
         "intermediate_size": shape.text_intermediate_size,
         "num_hidden_layers": shape.text_layers,

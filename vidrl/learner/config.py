@@ -43,13 +43,18 @@ class LearnerConfig(StrictConfig):
     """Recompute activations in the backward pass to save memory."""
     shared_prefix: bool = True
     """Pack each group as one sequence whose prompt (video included) is computed once."""
+    prefix_attention: Literal["two_pass", "mask", "flex"] = "two_pass"
+    """How a group's responses share its prompt: two passes without a T x T mask (flash-attn varlen
+    or SDPA), the dense-mask SDPA reference, or FlexAttention (GPU only); see learner/attention.py."""
+    logprob_chunk_tokens: int = Field(256, ge=1)
+    """Response tokens scored per chunk of the vocabulary projection (memory: chunk x vocab floats)."""
     old_logprobs: Literal["rollout", "recompute"] = "rollout"
     """Old log-probs of the ratio: the rollout engine's, or recomputed by the learner before the update."""
     reference_offload: bool = False
-    """Keep the frozen reference model's shards in CPU memory between uses (GPU runs)."""
+    """Keep the frozen reference model's shards in host memory between uses (FSDP2 CPU offload)."""
     weight_bucket_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     """Upper bound of one weight bucket published to the object store."""
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    """Attention kernel: auto = flash-attn 2 on GPUs where installed, else PyTorch SDPA."""
+    """Attention kernel: auto = flash-attn 2 on GPUs where installed and compute is bf16, else SDPA."""
     loss: LossConfig = LossConfig()
     """The GRPO objective: advantages, clipping, KL, entropy, aggregation."""

@@ -1,11 +1,16 @@
 """Per-token log-probs (and entropies) of responses under a Qwen2.5-VL policy, in two layouts.
 
 `response_logprobs_shared` runs one packed sequence per group (`vidrl.learner.prefix`): the
-prompt and its video once, then all G responses behind a prefix-sharing 4D attention mask.
+prompt and its video once, then all G responses, which share the prompt through the attention of
+`vidrl.learner.attention` (two passes without a T x T mask by default; a dense 4D mask, or flex).
 `response_logprobs_plain` runs the same groups the ordinary way, G sequences of prompt +
 response, each with its own copy of the video through the vision encoder. Both return the same
 records and are differentiable, so the shared layout can be checked against the plain one (it
 must agree to rounding) and used in its place for policy, old and reference log-probs.
+
+Both read log-probs and entropies through `vidrl.learner.logprobs`: the model's head scores the
+response rows chunk by chunk, so no [N, V] tensor is made or kept, in either layout, for the
+policy, the reference model and SFT alike.
 
 Vision inputs (`pixel_values_videos`, `video_grid_thw`) come from the processor once per prompt
 and are passed in by the caller; prompt positions come from `prompt_position_ids`.
@@ -17,22 +22,21 @@ Where it departs from the references:
   `get_rope_index` continues text after a video from its spatial extent instead; the two agree
   whenever the temporal positions do not outrun the spatial ones (short or densely sampled
   clips). We follow vLLM so that learner log-probs match the rollout engine's.
-- Logits are kept only from the first row that predicts a response token onwards (the
-  model's `logits_to_keep`), so a long prompt costs no vocabulary projection.
-- Only SDPA and eager attention can take the prefix mask; flash-attn's variable-length kernel
-  cannot express "prompt plus own response", so the shared layout refuses it (the plain layout
-  works with any attention).
+- Only the rows from the first one that predicts a response token onwards reach the head (the
+  model's `logits_to_keep`), and of those only the response rows are scored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from vidrl.learner.attention import SHARED_PREFIX_ATTENTION, Kernel, prefix_layout
+from vidrl.learner.logprobs import DEFAULT_CHUNK_TOKENS, HeadRequest, scoring_head
 from vidrl.learner.prefix import (
     PackedBatch,
     PackedGroup,
@@ -43,7 +47,10 @@ from vidrl.learner.prefix import (
 )
 
 # Attention implementations that read an explicit 4D mask from the model's forward.
-MASKABLE_ATTENTION = ("sdpa", "eager")
+MASKABLE_ATTENTION = ("sdpa", "eager", SHARED_PREFIX_ATTENTION)
+
+PrefixAttention = Literal["mask", "two_pass", "flex"]
+"""How the responses of a packed group share its prompt (see vidrl.learner.attention)."""
 
 
 @dataclass(frozen=True)
@@ -155,10 +162,11 @@ def model_attention_mask(
 ) -> torch.Tensor:
     """A bool [B, 1, T, T] mask (True = attend) in the form the attention implementation reads.
 
-    transformers passes a 4D mask through unchanged. SDPA takes it as bool; eager attention adds
-    it to the scores, so it needs 0 where allowed and a large negative number elsewhere.
+    transformers passes a 4D mask through unchanged. SDPA (and the shared-prefix implementation,
+    which is SDPA when given a mask) takes it as bool; eager attention adds it to the scores, so
+    it needs 0 where allowed and a large negative number elsewhere.
     """
-    if implementation == "sdpa":
+    if implementation in ("sdpa", SHARED_PREFIX_ATTENTION):
         return mask
     if implementation == "eager":
         additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
@@ -176,18 +184,42 @@ def response_logprobs_shared(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    attention: PrefixAttention = "mask",
+    kernel: Kernel = "sdpa",
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> list[ResponseLogprobs]:
     """Log-probs of every group's responses, one packed sequence per group, B groups per forward.
 
     groups[b] holds a prompt and its G_b responses; vision[b] is that prompt's video (None for a
     text-only prompt). Returns one record per group, [G_b, Lmax_b]. Differentiable.
+    attention: "mask" builds the dense [B, 1, T, T] mask (any maskable attention); "two_pass"
+    and "flex" need the text model under `vidrl_shared_prefix` (`use_shared_prefix_attention`),
+    with `kernel` "sdpa" or "flash" for two_pass.
     """
-    batch = batch_groups(groups, _pad_token_id(model))
+    batch = batch_groups(groups, _pad_token_id(model), with_mask=attention == "mask")
     parameter = next(model.parameters())
-    mask = model_attention_mask(
-        batch.attention_mask.to(parameter.device), attention_implementation(model), parameter.dtype
-    )
-    return _forward(model, batch, mask, vision, temperature, with_entropy)
+    implementation = attention_implementation(model)
+    if attention == "mask":
+        mask = model_attention_mask(
+            batch.attention_mask.to(parameter.device), implementation, parameter.dtype
+        )
+        return _forward(model, batch, mask, vision, temperature, with_entropy, chunk_tokens)
+    if implementation != SHARED_PREFIX_ATTENTION:
+        raise ValueError(
+            f"prefix attention {attention!r} needs the text model under {SHARED_PREFIX_ATTENTION!r}, "
+            f"not {implementation!r} (see vidrl.learner.forward.use_shared_prefix_attention)"
+        )
+    layout = prefix_layout(batch, "flex" if attention == "flex" else kernel, parameter.device)
+    extra = {"prefix_layout": layout}
+    return _forward(model, batch, None, vision, temperature, with_entropy, chunk_tokens, extra)
+
+
+def use_shared_prefix_attention(model: nn.Module) -> None:
+    """Run `model`'s text model under `vidrl_shared_prefix` (the vision tower keeps its own)."""
+    from vidrl.learner.attention import register_shared_prefix_attention
+
+    register_shared_prefix_attention()
+    model.set_attn_implementation({"text_config": SHARED_PREFIX_ATTENTION})  # type: ignore[operator]
 
 
 def response_logprobs_plain(
@@ -197,6 +229,7 @@ def response_logprobs_plain(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> list[ResponseLogprobs]:
     """The same records as `response_logprobs_shared`, computed without sharing.
 
@@ -210,50 +243,53 @@ def response_logprobs_plain(
         singles = split_group(group)
         sequences.extend(singles)
         sequence_vision.extend([video] * len(singles))
-    batch = batch_groups(sequences, _pad_token_id(model))
+    batch = batch_groups(sequences, _pad_token_id(model), with_mask=False)
     # A 2D padding mask lets transformers build the causal mask itself (SDPA's is_causal fast
     # path when nothing is padded), as an unshared learner would run.
     padding = batch.padding_mask.long().to(next(model.parameters()).device)
-    singles_out = _forward(model, batch, padding, sequence_vision, temperature, with_entropy)
+    singles_out = _forward(model, batch, padding, sequence_vision, temperature, with_entropy, chunk_tokens)
     return _regroup(singles_out, [group.num_responses for group in groups])
 
 
 def _forward(
     model: nn.Module,
     batch: PackedBatch,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     vision: Sequence[VisionInputs | None],
     temperature: float,
     with_entropy: bool,
+    chunk_tokens: int,
+    extra: dict[str, Any] | None = None,
 ) -> list[ResponseLogprobs]:
-    """Run the model on a padded batch and read each group's response log-probs."""
+    """Run the model on a padded batch; its head scores each group's response tokens."""
     if len(vision) != len(batch.groups):
         raise ValueError(f"{len(batch.groups)} groups but {len(vision)} vision inputs")
     device = next(model.parameters()).device
     width = batch.input_ids.shape[1]
-    # Rows before the earliest prompt end never predict a response token: skip their logits.
+    # Rows before the earliest prompt end never predict a response token: skip them.
     first_row = min(int(group.logit_rows.min()) for group in batch.groups)
     videos = [video for video in vision if video is not None]
     pixels = torch.cat([v.pixel_values_videos for v in videos]).to(device) if videos else None
     grids = torch.cat([v.video_grid_thw for v in videos]).to(device) if videos else None
-    outputs = model(
-        input_ids=batch.input_ids.to(device),
-        position_ids=batch.position_ids.to(device),
-        attention_mask=attention_mask,
-        pixel_values_videos=pixels,
-        video_grid_thw=grids,
-        logits_to_keep=width - first_row,
-        use_cache=False,
-    )
-    logits = outputs.logits  # [B, T - first_row, V]
     batch_rows = torch.cat([torch.full_like(g.logit_rows, b) for b, g in enumerate(batch.groups)])
     columns = torch.cat([group.logit_rows for group in batch.groups]) - first_row
-    targets = torch.cat([group.targets for group in batch.groups]).to(device)
-    selected = logits[batch_rows.to(device), columns.to(device)].float() / temperature  # [N, V]
-    log_probs = torch.log_softmax(selected, dim=-1)
-    token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
-    entropies = -(log_probs.exp() * log_probs).sum(-1) if with_entropy else None  # [N]
-    return _unpack(batch.groups, token_logprobs, entropies)
+    targets = torch.cat([group.targets for group in batch.groups])
+    request = HeadRequest(
+        batch_rows.to(device), columns.to(device), targets.to(device), temperature, chunk_tokens, with_entropy
+    )
+    with scoring_head(model, request):
+        outputs = model(
+            input_ids=batch.input_ids.to(device),
+            position_ids=batch.position_ids.to(device),
+            attention_mask=attention_mask,
+            pixel_values_videos=pixels,
+            video_grid_thw=grids,
+            logits_to_keep=width - first_row,
+            use_cache=False,
+            **(extra or {}),
+        )
+    scored = outputs.logits[0]  # [N, 2]: log-prob, entropy
+    return _unpack(batch.groups, scored[:, 0], scored[:, 1] if with_entropy else None)
 
 
 def _unpack(

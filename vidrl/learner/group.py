@@ -19,8 +19,8 @@ from vidrl.learner.config import LearnerConfig
 log = logging.getLogger(__name__)
 
 SUMMED_METRICS = ("tokens", "sequences", "microbatches", "padding_tokens_saved")
-# The ranks run in lockstep, so the slowest rank's time is the step's.
-SLOWEST_METRICS = ("step_seconds",)
+# The ranks run in lockstep, so the slowest rank's time is the step's; memory: the fullest rank's.
+MAX_METRICS = ("step_seconds", "peak_host_bytes", "peak_device_bytes")
 
 
 class LearnerGroup:
@@ -33,10 +33,12 @@ class LearnerGroup:
         seed: int = 0,
         scheduling: Sequence[Any] | None = None,
         temperature: float = 1.0,
+        export_dtype: str | None = None,
     ) -> None:
         """scheduling: one Ray scheduling strategy per rank (placement-group bundles or
         node pins from vidrl.cluster); None lets Ray place the actors. temperature: the
-        rollout's sampling temperature (log-probs are of logits / temperature, as sampled)."""
+        rollout's sampling temperature (log-probs are of logits / temperature, as sampled).
+        export_dtype: the rollout engine's dtype, which exported weights are cast to."""
         import ray
 
         from vidrl.learner.worker import LearnerWorker
@@ -48,12 +50,13 @@ class LearnerGroup:
                 num_cpus=cfg.cpus_per_rank,
                 num_gpus=cfg.gpus_per_rank,
                 scheduling_strategy=None if scheduling is None else scheduling[rank],
-            ).remote(rank, cfg.num_ranks, model_path, cfg, seed, max(temperature, 1e-6))
+            ).remote(rank, cfg.num_ranks, model_path, cfg, seed, max(temperature, 1e-6), export_dtype)
             for rank in range(cfg.num_ranks)
         ]
         address, port = ray.get(self.workers[0].rendezvous_address.remote())
         ray.get([w.init_process_group.remote(address, port) for w in self.workers])
-        ray.get([w.build.remote() for w in self.workers])
+        self.build_memory: list[dict[str, float]] = ray.get([w.build.remote() for w in self.workers])
+        """Each rank's host memory while building: at the start, after policy, reference, optimizer."""
         log.info("learner group ready: %d ranks, rendezvous %s:%d", cfg.num_ranks, address, port)
 
     def train_step(
@@ -98,6 +101,12 @@ class LearnerGroup:
         refs = ray.get([w.export_weights.remote(version) for w in self.workers])
         return refs[0]
 
+    def peak_memory(self) -> list[dict[str, float]]:
+        """Each rank's peak memory during the last step, build or weight export."""
+        import ray
+
+        return ray.get([w.peak_memory.remote() for w in self.workers])
+
     def save(self, path: str, extra_state: dict[str, Any]) -> None:
         """Model (HF safetensors), optimizer, scheduler, RNG and `extra_state` (JSON-able)."""
         import ray
@@ -126,7 +135,7 @@ def combine_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
         for key, value in metrics.items():
             if key.endswith("_sum") or key in SUMMED_METRICS:
                 out[key.removesuffix("_sum")] = out.get(key.removesuffix("_sum"), 0.0) + value
-            elif key in SLOWEST_METRICS:
+            elif key in MAX_METRICS or (key.startswith("load_") and key.removeprefix("load_") in MAX_METRICS):
                 out[key] = max(out.get(key, 0.0), value)
             else:
                 out[key] = value  # identical on every rank (lr, grad_norm)

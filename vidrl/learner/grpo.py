@@ -4,12 +4,13 @@ Shapes: P prompts x G samples per prompt for rewards; B sequences x L response t
 (right-padded, `mask` true on real tokens) x V vocabulary entries for everything else.
 
     advantages = group_advantages(rewards, ...)                 # [P, G] -> [P, G]
-    logprobs   = token_logprobs(logits, targets)                # [B, L, V] -> [B, L]
-    entropy    = entropy_from_logits(logits)                    # [B, L, V] -> [B, L]
+    logprobs, entropy = ...                                     # [B, L] (vidrl.learner.logprobs)
     terms      = grpo_loss(logprobs, old, adv, mask, config, ref_logprobs=..., entropy=...)
     terms.loss.backward()
 
-loss = policy + kl_coef * kl - entropy_coef * entropy, each term aggregated the same way.
+loss = policy + kl_coef * kl - entropy_coef * entropy, each term aggregated the same way. The
+policy term's ratio is per token (PPO/GRPO) or per sequence (GSPO, `importance_sampling_level`);
+off-policy correction between the rollout engine and the learner is in vidrl.learner.offpolicy.
 
 Splitting a batch into micro-batches and ranks (the update must not depend on the split):
 every aggregation is sum(per-micro-batch numerator) / (one count over the WHOLE batch), so
@@ -37,22 +38,22 @@ Departures from the papers and the reference code:
   padding rows added to fill a micro-batch change nothing.
 - The log-ratios inside exp() are clamped to [-20, 20] (as verl does) so that neither the
   ratio nor k3 overflows; beyond that the gradient of the token is 0.
-- `token_logprobs` and `entropy_from_logits` work on chunks of tokens in float32 and save
-  only the logits (no float32 copy of [B, L, V]) for a backward pass that recomputes the
-  softmax chunk by chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from vidrl.learner.loss_config import AdvantageEstimator, KLEstimator, LossAggregation, LossConfig
+from vidrl.learner.loss_config import (
+    AdvantageEstimator,
+    ImportanceLevel,
+    KLEstimator,
+    LossAggregation,
+    LossConfig,
+)
 
 LOG_RATIO_BOUND = 20.0
 """|log-ratio| clamp before exp(): e^20 ~ 4.9e8 stays finite in float32 and bf16."""
@@ -85,6 +86,30 @@ def group_advantages(rewards: Tensor, estimator: AdvantageEstimator, eps: float)
 # ---------------------------------------------------------------- per-token terms
 
 
+def importance_log_ratio(
+    logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level: ImportanceLevel = "token"
+) -> Tensor:
+    """log(pi / pi_old) per token [B, L], at the level the ratio is taken (GSPO, arXiv 2507.18071).
+
+    token:          logp_t - old_t (PPO / GRPO).
+    sequence:       the mean over the response's real tokens of (logp - old), the same for every
+                    token of the response: s_i = (pi(y_i) / pi_old(y_i))^(1 / |y_i|) (GSPO).
+    sequence_token: the sequence value, with each token's own gradient: sg[log s_i] + logp_t -
+                    sg[logp_t] (GSPO-token; equal in value to "sequence").
+    Padding gets 0.
+    """
+    real = mask.bool()
+    token = torch.where(real, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, L]
+    if level == "token":
+        return token
+    if level not in ("sequence", "sequence_token"):
+        raise ValueError(f"unknown importance sampling level {level!r}")
+    sequence = token.sum(-1, keepdim=True) / real.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
+    if level == "sequence_token":
+        sequence = sequence.detach() + (logprobs - logprobs.detach())  # [B, L]
+    return torch.where(real, sequence.expand_as(token), torch.zeros_like(token))
+
+
 def policy_loss_terms(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -93,21 +118,22 @@ def policy_loss_terms(
     clip_low: float,
     clip_high: float,
     dual_clip: float | None = None,
+    level: ImportanceLevel = "token",
 ) -> tuple[Tensor, Tensor]:
     """PPO's clipped surrogate per token, and where the clip cut its gradient.
 
     logprobs, old_logprobs, mask: [B, L]; advantages: [B] (one per sequence).
-    loss = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A), ratio = e^(logp - old);
-    with dual_clip c, a token with A < 0 loses at most c * |A|.
-    Returns (loss [B, L], 0 on padding; clipped [B, L] bool, true where the loss is
+    loss = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A), ratio = e^(log ratio)
+    at `level` (`importance_log_ratio`); with dual_clip c, a token with A < 0 loses at most
+    c * |A|. Returns (loss [B, L], 0 on padding; clipped [B, L] bool, true where the loss is
     held constant by either clip, i.e. the token contributes no gradient).
     """
     if not 0.0 <= clip_low < 1.0 or clip_high < 0.0:
         raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
-    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)  # [B, L]
-    ratio = log_ratio.exp()  # [B, L]
+    log_ratio = importance_log_ratio(logprobs, old_logprobs, mask, level)  # [B, L]
+    ratio = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND).exp()  # [B, L]
     adv = advantages.unsqueeze(-1)  # [B, 1]
     unclipped = -adv * ratio  # [B, L]
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)  # [B, L]
@@ -138,109 +164,6 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator, c
         back = (-log_ratio).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)  # [B, L]
         return (back.exp() - back - 1.0).clamp(-clamp, clamp)
     raise ValueError(f"unknown KL estimator {estimator!r}")
-
-
-# ---------------------------------------------------------------- from logits
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types; float64 stays float64 (gradcheck)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _token_chunks(batch: int, length: int, chunk_tokens: int) -> Iterator[tuple[int, slice]]:
-    """(row, token span) pieces of a [B, L] grid, each at most chunk_tokens long.
-
-    Indexing logits[row, span] is a view even when the logits are a slice such as
-    model_logits[:, :-1], so no chunk is copied before its float32 upcast.
-    """
-    for row in range(batch):
-        for start in range(0, length, chunk_tokens):
-            yield row, slice(start, min(start + chunk_tokens, length))
-
-
-class _TokenLogprobs(torch.autograd.Function):
-    """log softmax(logits)[target], saving the logits and their logsumexp only."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: Tensor, targets: Tensor, chunk_tokens: int) -> Tensor:
-        dtype = _compute_dtype(logits.dtype)
-        lse = logits.new_empty(targets.shape, dtype=dtype)  # [B, L]
-        out = logits.new_empty(targets.shape, dtype=dtype)  # [B, L]
-        for row, span in _token_chunks(*targets.shape, chunk_tokens):
-            z = logits[row, span].to(dtype)  # [n, V]
-            lse[row, span] = torch.logsumexp(z, dim=-1)
-            out[row, span] = z.gather(-1, targets[row, span, None]).squeeze(-1) - lse[row, span]
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.chunk_tokens = chunk_tokens
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
-        logits, targets, lse = ctx.saved_tensors
-        grad = torch.empty_like(logits)  # [B, L, V]
-        for row, span in _token_chunks(*targets.shape, ctx.chunk_tokens):
-            g = grad_out[row, span, None]  # [n, 1]
-            probs = (logits[row, span].to(lse.dtype) - lse[row, span, None]).exp_()  # [n, V]
-            # d logp_t / d z_j = [j == t] - p_j
-            piece = probs.mul_(-g).scatter_add_(-1, targets[row, span, None], g)
-            grad[row, span] = piece
-        return grad, None, None
-
-
-class _Entropy(torch.autograd.Function):
-    """-sum p log p of softmax(logits), saving the logits, logsumexp and entropy only."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: Tensor, chunk_tokens: int) -> Tensor:
-        dtype = _compute_dtype(logits.dtype)
-        lse = logits.new_empty(logits.shape[:-1], dtype=dtype)  # [B, L]
-        out = logits.new_empty(logits.shape[:-1], dtype=dtype)  # [B, L]
-        for row, span in _token_chunks(*logits.shape[:-1], chunk_tokens):
-            z = logits[row, span].to(dtype)  # [n, V]
-            lse[row, span] = torch.logsumexp(z, dim=-1)
-            probs = (z - lse[row, span, None]).exp_()  # [n, V]
-            # xlogy gives 0 for p = 0 (a -inf logit) where p * log p would give NaN.
-            out[row, span] = -torch.xlogy(probs, probs).sum(-1)
-        ctx.save_for_backward(logits, lse, out)
-        ctx.chunk_tokens = chunk_tokens
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
-        logits, lse, entropy = ctx.saved_tensors
-        grad = torch.empty_like(logits)  # [B, L, V]
-        for row, span in _token_chunks(*lse.shape, ctx.chunk_tokens):
-            probs = (logits[row, span].to(lse.dtype) - lse[row, span, None]).exp_()  # [n, V]
-            # dH / dz_j = -p_j (log p_j + H)
-            piece = torch.xlogy(probs, probs).add_(probs * entropy[row, span, None])
-            grad[row, span] = piece.mul_(-grad_out[row, span, None])
-        return grad, None
-
-
-def token_logprobs(logits: Tensor, targets: Tensor, chunk_tokens: int = 1024) -> Tensor:
-    """Log-probability of each target token: logits [B, L, V], targets int [B, L] -> [B, L].
-
-    Computed in float32 (float64 stays float64) chunk_tokens tokens at a time, so the
-    transient memory is chunk_tokens * V floats rather than a float32 copy of the logits.
-    Targets must be valid ids everywhere (put any id, e.g. 0, on padding). Logits are taken
-    as they are: divide them by the sampling temperature first to match the rollout.
-    """
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not fit targets {tuple(targets.shape)}")
-    return _TokenLogprobs.apply(logits, targets.long(), chunk_tokens)
-
-
-def entropy_from_logits(logits: Tensor, chunk_tokens: int = 1024) -> Tensor:
-    """Entropy of each token's next-token distribution: logits [B, L, V] -> [B, L] (nats).
-
-    Same float32 chunking as `token_logprobs`; H = -sum p log p with p = e^(z - logsumexp z).
-    """
-    if logits.dim() != 3:
-        raise ValueError(f"logits must be [B, L, V], got shape {tuple(logits.shape)}")
-    return _Entropy.apply(logits, chunk_tokens)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -322,13 +245,16 @@ def grpo_loss(
     ref_logprobs: Tensor | None = None,
     entropy: Tensor | None = None,
     global_denominator: Tensor | float | None = None,
+    rollout_weights: Tensor | None = None,
 ) -> GRPOLossTerms:
     """The GRPO loss of B sequences, with its parts as metrics.
 
     logprobs, old_logprobs, mask, ref_logprobs, entropy: [B, L]; advantages: [B].
-    ref_logprobs is needed when kl_coef > 0, entropy (from `entropy_from_logits`) when
+    ref_logprobs is needed when kl_coef > 0, entropy (from vidrl.learner.logprobs) when
     entropy_coef > 0; given with a zero coefficient, they are only reported.
     global_denominator: the whole batch's `loss_denominator` (see the module docstring).
+    rollout_weights: [B, L] truncated importance weights pi_old / pi_rollout (no gradient;
+    vidrl.learner.offpolicy) multiplying each token's policy loss; None: 1.
     """
     mode = config.loss_agg
 
@@ -341,8 +267,15 @@ def grpo_loss(
             global_denominator=global_denominator,
         )
 
-    clip = (config.clip_low, config.clip_high, config.dual_clip)
-    per_token, clipped = policy_loss_terms(logprobs, old_logprobs, advantages, mask, *clip)
+    level = config.importance_sampling_level
+    bounds = (config.clip_low, config.clip_high)
+    if level != "token":
+        bounds = (config.sequence_clip_low, config.sequence_clip_high)
+    per_token, clipped = policy_loss_terms(
+        logprobs, old_logprobs, advantages, mask, *bounds, config.dual_clip, level
+    )
+    if rollout_weights is not None:
+        per_token = per_token * rollout_weights.detach()
     policy = reduce(per_token)
     loss = policy
     zero = policy.new_zeros(()).detach()

@@ -22,6 +22,12 @@ KLEstimator = Literal["k1", "k2", "k3"]
 LossAggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 """How per-token losses become one scalar (see `vidrl.learner.grpo.aggregate`)."""
 
+ImportanceLevel = Literal["token", "sequence", "sequence_token"]
+"""Where the PPO ratio is taken: per token, per sequence (GSPO), or GSPO-token."""
+
+CorrectionLevel = Literal["none", "token", "sequence"]
+"""Where a rollout/learner correction is computed: off, per token, per sequence."""
+
 
 class LossConfig(StrictConfig):
     """The GRPO objective: advantages, clipped surrogate, KL to reference, entropy, aggregation."""
@@ -48,6 +54,26 @@ class LossConfig(StrictConfig):
     """token-mean (DAPO), seq-mean-token-mean (GRPO paper) or seq-mean-token-sum-norm (Dr.GRPO)."""
     max_response_tokens_norm: int | None = Field(None, ge=1)
     """The constant token count seq-mean-token-sum-norm divides each sequence's sum by."""
+    importance_sampling_level: ImportanceLevel = "token"
+    """token (PPO/GRPO), sequence (GSPO: exp of the mean log-ratio) or sequence_token (GSPO-token)."""
+    sequence_clip_low: float = Field(3e-4, ge=0.0, lt=1.0, allow_inf_nan=False)
+    """Lower clip of the sequence-level ratio (GSPO's 3e-4; the token clips do not apply there)."""
+    sequence_clip_high: float = Field(4e-4, ge=0.0, allow_inf_nan=False)
+    """Upper clip of the sequence-level ratio (GSPO's 4e-4)."""
+    rollout_is: CorrectionLevel = "none"
+    """Truncated importance sampling: weight each token's loss by min(pi_old / pi_rollout, cap),
+    per token or per sequence (verl's rollout_is, TRL's vllm_importance_sampling_correction)."""
+    rollout_is_cap: float = Field(2.0, gt=1.0, allow_inf_nan=False)
+    """The truncation C of the rollout weights (also the bound of the mismatch metric)."""
+    rollout_rejection: CorrectionLevel = "none"
+    """Mask out tokens (or whole sequences, by the geometric mean) whose pi_old / pi_rollout leaves
+    [rollout_rejection_low, rollout_rejection_high] (masked importance sampling)."""
+    rollout_rejection_low: float = Field(0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
+    """Lower end of the kept band of the rollout ratio."""
+    rollout_rejection_high: float = Field(2.0, gt=1.0, allow_inf_nan=False)
+    """Upper end of the kept band of the rollout ratio."""
+    overlong_filter: bool = False
+    """DAPO's overlong filtering: responses cut by the token limit are left out of the loss."""
 
     @model_validator(mode="after")
     def _norm_given(self) -> LossConfig:

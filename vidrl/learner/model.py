@@ -1,48 +1,97 @@
-"""Loading the policy and sharding it with FSDP2: one unit per decoder layer and per vision block.
+"""Building the policy as FSDP2 shards: one unit per decoder layer and per vision block.
 
 The units are the model's own `_no_split_modules` (for Qwen2.5-VL: the decoder layers and
 the vision blocks), so any Hugging Face model that declares them shards the same way. The
 vision tower is also a unit of its own (its patch embedding and merger), which lets a rank
 whose micro-batch has no video still run the tower on a dummy input: every rank must run
-the same collectives, or the step hangs.
+the same collectives, or the step hangs. No rank ever holds the whole model: it is built on
+the meta device, sharded, and each rank reads its own rows of the checkpoint (loading.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from vidrl.learner.attention import SHARED_PREFIX_ATTENTION, Kernel, register_shared_prefix_attention
 from vidrl.learner.config import LearnerConfig
+from vidrl.learner.forward import MASKABLE_ATTENTION
+from vidrl.learner.loading import build_on_meta, checkpoint_names, load_shards, materialise
 
 log = logging.getLogger(__name__)
 
 
-def choose_attention(requested: str, device: torch.device) -> str:
-    """flash-attn 2 on a GPU where it is installed, else PyTorch SDPA (logged)."""
-    if requested != "auto":
-        chosen = requested
-    elif device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        chosen = "flash_attention_2"
+@dataclass(frozen=True)
+class AttentionChoice:
+    """The kernels of one model: its text model's and its vision tower's attention
+    implementations (transformers names), and the shared-prefix kernel ("sdpa" or "flash")."""
+
+    text: str
+    vision: str
+    prefix_kernel: Kernel
+
+    def implementation(self) -> dict[str, str]:
+        """The `attn_implementation` argument of transformers' model constructors."""
+        return {"text_config": self.text, "vision_config": self.vision}
+
+
+def choose_attention(cfg: LearnerConfig, device: torch.device) -> AttentionChoice:
+    """Each part of the model gets the best kernel it can use, independently (logged).
+
+    auto: flash-attn 2 on a GPU where it is installed and compute is bf16, else PyTorch SDPA.
+    flash-attn takes no float32 inputs, so asking for it with float32 compute is an error. The
+    text model runs under the shared-prefix implementation for the two_pass and flex layouts
+    (two_pass then uses flash-attn's varlen kernel where flash-attn was chosen); the dense-mask
+    layout needs a maskable attention, so flash-attn falls back to SDPA there.
+    """
+    flash_ok = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    if cfg.attention == "flash_attention_2" and cfg.param_dtype == "float32":
+        raise ValueError(
+            "attention flash_attention_2 cannot run float32 compute (flash-attn takes bf16/fp16 inputs): "
+            "set learner.param_dtype: bfloat16, or learner.attention: sdpa"
+        )
+    if cfg.attention != "auto":
+        base = cfg.attention
     else:
-        chosen = "sdpa"
-    log.info("attention implementation: %s (requested %s, device %s)", chosen, requested, device)
-    return chosen
+        base = "flash_attention_2" if flash_ok and cfg.param_dtype == "bfloat16" else "sdpa"
+    text = base
+    if cfg.shared_prefix and cfg.prefix_attention != "mask":
+        text = SHARED_PREFIX_ATTENTION
+    elif cfg.shared_prefix and base not in MASKABLE_ATTENTION:
+        log.warning("the dense-mask shared-prefix layout needs a 4D mask: text attention sdpa, not %s", base)
+        text = "sdpa"
+    choice = AttentionChoice(text, base, "flash" if base == "flash_attention_2" else "sdpa")
+    log.info("attention: %s (requested %s, device %s)", choice, cfg.attention, device)
+    return choice
 
 
-def load_model(model_path: str, attention: str, gradient_checkpointing: bool) -> nn.Module:
-    """The Hugging Face model in float32 (master weights), ready for training."""
-    from transformers import AutoModelForImageTextToText
-
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_path, dtype=torch.float32, attn_implementation=attention
-    )
-    model.config.use_cache = False
-    if gradient_checkpointing:
+def build_sharded(
+    model_path: str,
+    attention: AttentionChoice,
+    cfg: LearnerConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    trainable: bool = True,
+) -> nn.Module:
+    """The model of `model_path` as FSDP2 shards on `device`, each rank reading only its own
+    rows of the checkpoint (vidrl.learner.loading): parameters in `dtype` (float32 master
+    weights for the policy; the compute dtype for the frozen reference)."""
+    if attention.text == SHARED_PREFIX_ATTENTION:
+        register_shared_prefix_attention()
+    model = build_on_meta(model_path, attention.implementation(), dtype)
+    if trainable and cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    names = checkpoint_names(model, model_path)
+    offload = not trainable and cfg.reference_offload
+    shard_model(model, cfg, trainable=trainable, offload=offload)
+    # Offloaded shards live in host memory; FSDP2 moves them to the device around each use.
+    materialise(model, torch.device("cpu") if offload else device)
+    load_shards(model, model_path, names)
     return model
 
 
@@ -51,20 +100,30 @@ def vision_tower(model: nn.Module) -> nn.Module | None:
     return getattr(inner, "visual", None)
 
 
-def shard_model(model: nn.Module, cfg: LearnerConfig, trainable: bool = True) -> nn.Module:
-    """FSDP2 (`fully_shard`) per no-split module, the vision tower, then the root."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def compute_dtype(cfg: LearnerConfig) -> torch.dtype:
+    """The dtype of forward/backward compute (and of the frozen reference's weights)."""
+    return torch.bfloat16 if cfg.param_dtype == "bfloat16" else torch.float32
 
-    dtype = torch.bfloat16 if cfg.param_dtype == "bfloat16" else torch.float32
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+
+def shard_model(
+    model: nn.Module, cfg: LearnerConfig, trainable: bool = True, offload: bool = False
+) -> nn.Module:
+    """FSDP2 (`fully_shard`) per no-split module, the vision tower, then the root. With
+    `offload`, the shards stay in host memory between uses (FSDP2's CPUOffloadPolicy)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype(cfg), reduce_dtype=torch.float32)
+    options: dict[str, Any] = {"mp_policy": policy}
+    if offload:
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     unit_names = set(getattr(model, "_no_split_modules", None) or ())
     units = [m for m in model.modules() if type(m).__name__ in unit_names]
     for unit in units:
-        fully_shard(unit, mp_policy=policy)
+        fully_shard(unit, **options)
     tower = vision_tower(model)
     if tower is not None:
-        fully_shard(tower, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(tower, **options)
+    fully_shard(model, **options)
     if not trainable:
         model.requires_grad_(False)
         model.eval()

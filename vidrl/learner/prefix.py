@@ -92,14 +92,15 @@ class PackedBatch:
 
     input_ids: [B, T] long, padded with the pad token.
     position_ids: [3, B, T] long, 0 on padding.
-    attention_mask: [B, 1, T, T] bool, True where a query row may attend to a key column.
+    attention_mask: [B, 1, T, T] bool, True where a query row may attend to a key column; None
+        when the batch was made without it (layouts that never build a T x T mask).
     padding_mask: [B, T] bool, True on real tokens.
     groups: the B groups, for unpacking the outputs.
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     padding_mask: torch.Tensor
     groups: tuple[PackedGroup, ...]
 
@@ -181,8 +182,9 @@ def prefix_attention_mask(group: PackedGroup) -> torch.Tensor:
     return causal & same_or_prompt
 
 
-def batch_groups(groups: Sequence[PackedGroup], pad_token_id: int) -> PackedBatch:
-    """Right-pad B groups to the longest and stack them, with a [B, 1, T, T] mask.
+def batch_groups(groups: Sequence[PackedGroup], pad_token_id: int, with_mask: bool = True) -> PackedBatch:
+    """Right-pad B groups to the longest and stack them, with a [B, 1, T, T] mask unless
+    `with_mask` is false.
 
     Padding columns are masked for every real row. Padding rows attend to themselves only: a row
     with no key at all makes SDPA's softmax 0/0 = NaN, which would poison the gradients even
@@ -195,13 +197,14 @@ def batch_groups(groups: Sequence[PackedGroup], pad_token_id: int) -> PackedBatc
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
     position_ids = torch.zeros((3, batch, width), dtype=torch.long)
     padding_mask = torch.zeros((batch, width), dtype=torch.bool)
-    attention_mask = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1, 1)  # [B, 1, T, T]
+    attention_mask = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1, 1) if with_mask else None
     for row, group in enumerate(groups):
         length = group.length
         input_ids[row, :length] = group.input_ids
         position_ids[:, row, :length] = group.position_ids
         padding_mask[row, :length] = True
-        attention_mask[row, 0, :length, :length] = prefix_attention_mask(group)
+        if attention_mask is not None:  # [B, 1, T, T]
+            attention_mask[row, 0, :length, :length] = prefix_attention_mask(group)
     return PackedBatch(
         input_ids=input_ids,
         position_ids=position_ids,

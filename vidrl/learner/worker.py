@@ -6,6 +6,9 @@ normalised by step-wide counts, and a backward pass; then gradient clipping, Ada
 schedule. Ranks with fewer micro-batches run the step's fallback group with weight 0 so the
 FSDP2 collectives stay in lockstep.
 
+Memory: every rank reports its peak host memory (and peak GPU memory on GPUs) for building
+and for each step (`peak_host_bytes`, `peak_device_bytes`; vidrl.learner.memory).
+
 Old log-probs: with `old_logprobs: recompute` the learner would run the current policy
 before the update; since a step makes exactly one optimizer update, that is the same policy
 as the update's own forward, so its values are those log-probs, detached (ratio = 1, and the
@@ -35,7 +38,8 @@ from vidrl.learner.forward import (
     response_logprobs_shared,
 )
 from vidrl.learner.grpo import grpo_loss
-from vidrl.learner.model import choose_attention, dummy_vision_pass, load_model, shard_model
+from vidrl.learner.memory import PeakMemory
+from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, dummy_vision_pass
 from vidrl.learner.prefix import PackedGroup, pack_group
 from vidrl.learner.schedule import lr_lambda
 
@@ -53,10 +57,15 @@ class LearnerWorker:
         cfg: LearnerConfig,
         seed: int,
         temperature: float = 1.0,
+        export_dtype: str | None = None,
     ) -> None:
+        """export_dtype: the rollout engine's dtype name ("bfloat16", ...): weights are cast to it
+        before they are packed, so a push moves the engine's bytes (None: the master dtype)."""
         self.rank, self.world_size = rank, world_size
         self.model_path, self.cfg, self.seed, self.temperature = model_path, cfg, seed, temperature
+        self.export_dtype = None if export_dtype is None else getattr(torch, export_dtype)
         self.step = 0
+        self.memory = PeakMemory()
         torch.manual_seed(seed)
 
     # ------------------------------------------------------------------ setup
@@ -78,20 +87,25 @@ class LearnerWorker:
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
 
-    def build(self) -> None:
-        """Load, shard and set up optimisation. The reference model only when KL is used."""
-        attention = choose_attention(self.cfg.attention, self.device)
-        if self.cfg.shared_prefix and attention == "flash_attention_2":
-            log.warning("shared_prefix needs a 4D mask: using sdpa instead of flash_attention_2")
-            attention = "sdpa"
+    def build(self) -> dict[str, float]:
+        """Build, shard and load the policy (and the reference model when KL is used), then set
+        up optimisation. Returns this rank's host memory in bytes: resident at the start, and
+        the peak after each of policy, reference and optimizer state (vidrl.learner.memory)."""
+        self.memory.reset()
+        phases = {"start": self.memory.host()}
+        self.attention = choose_attention(self.cfg, self.device)
         torch.manual_seed(self.seed)
-        model = load_model(self.model_path, attention, self.cfg.gradient_checkpointing).to(self.device)
-        self.config = model.config
-        self.model = shard_model(model, self.cfg)
+        self.model = build_sharded(self.model_path, self.attention, self.cfg, self.device, torch.float32)
+        self.config = self.model.config
+        phases["policy"] = self.memory.host()
         self.reference = None
         if self.cfg.loss.kl_coef > 0:
-            reference = load_model(self.model_path, attention, False).to(self.device)
-            self.reference = shard_model(reference, self.cfg, trainable=False)
+            # Never trained: its weights are kept in the compute dtype, not as float32 masters.
+            dtype = compute_dtype(self.cfg)
+            self.reference = build_sharded(
+                self.model_path, self.attention, self.cfg, self.device, dtype, trainable=False
+            )
+        phases["reference"] = self.memory.host()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=self.cfg.lr,
@@ -104,6 +118,12 @@ class LearnerWorker:
         # with a zero-gradient step (advancing Adam's step count) the first time a checkpoint
         # is saved, so that saving would change the training that follows.
         materialise_optimizer_state(self.optimizer)
+        phases["optimizer"] = self.memory.host()
+        return {f"{phase}_host_bytes": float(value) for phase, value in phases.items()}
+
+    def peak_memory(self) -> dict[str, float]:
+        """Peak memory since the last step, build or export began (what the last one needed)."""
+        return self.memory.read()
 
     # ------------------------------------------------------------------ training
 
@@ -116,6 +136,7 @@ class LearnerWorker:
         fallback: Sequence[TrainGroup],
     ) -> dict[str, float]:
         started = time.perf_counter()
+        self.memory.reset()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
@@ -142,6 +163,7 @@ class LearnerWorker:
             "tokens": float(tokens),
             "microbatches": float(len(plan)),
             "step_seconds": elapsed,
+            **self.memory.read(),
         }
 
     def _microbatch_loss(
@@ -149,8 +171,7 @@ class LearnerWorker:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         packed = [self._pack(g) for g in groups]
         vision = [self._vision(g) for g in groups]
-        forward = response_logprobs_shared if self.cfg.shared_prefix else response_logprobs_plain
-        outputs = forward(self.model, packed, vision, temperature=self.temperature, with_entropy=True)
+        outputs = self._logprobs(self.model, packed, vision, with_entropy=True)
         extra = dummy_vision_pass(self.model) if all(v is None for v in vision) else None
         if mode == "sft":
             loss, parts = self._sft_loss(outputs, totals)
@@ -212,8 +233,27 @@ class LearnerWorker:
     ) -> list[ResponseLogprobs] | None:
         if self.reference is None:
             return None
-        forward = response_logprobs_shared if self.cfg.shared_prefix else response_logprobs_plain
-        return forward(self.reference, packed, vision, temperature=self.temperature)
+        return self._logprobs(self.reference, packed, vision, with_entropy=False)
+
+    def _logprobs(
+        self, model: Any, packed: list[PackedGroup], vision: list[VisionInputs | None], with_entropy: bool
+    ) -> list[ResponseLogprobs]:
+        """Per-token log-probs in the configured layout, through the chunked head."""
+        common = {
+            "temperature": self.temperature,
+            "with_entropy": with_entropy,
+            "chunk_tokens": self.cfg.logprob_chunk_tokens,
+        }
+        if not self.cfg.shared_prefix:
+            return response_logprobs_plain(model, packed, vision, **common)
+        return response_logprobs_shared(
+            model,
+            packed,
+            vision,
+            attention=self.cfg.prefix_attention,
+            kernel=self.attention.prefix_kernel,
+            **common,
+        )
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -249,12 +289,14 @@ class LearnerWorker:
 
         Every rank takes part in each gather (a collective); only rank 0 keeps the full
         tensors, and only until its bucket is full: then it is packed, put in the object
-        store and dropped, so beyond the model at most one bucket is held.
+        store and dropped, so beyond the model at most one bucket is held. Shards are cast to
+        the engine's dtype before the gather: half the bytes of float32 masters for a bf16 engine.
         """
         import ray
 
         from vidrl.weights import pack_bucket, split_into_buckets
 
+        self.memory.reset()
         refs: list[Any] = []
         for group in split_into_buckets(self._full_parameters(), self.cfg.weight_bucket_bytes):
             if self.rank == 0:
@@ -264,8 +306,9 @@ class LearnerWorker:
     def _full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         nothing = torch.empty(0)
         for name, param in self.model.named_parameters():
-            full = param.full_tensor() if hasattr(param, "full_tensor") else param
-            yield name, full.detach().to("cpu") if self.rank == 0 else nothing
+            cast = param.detach() if self.export_dtype is None else param.detach().to(self.export_dtype)
+            full = cast.full_tensor() if hasattr(cast, "full_tensor") else cast
+            yield name, full.to("cpu") if self.rank == 0 else nothing
 
     # ------------------------------------------------------------------ checkpoints
 
