@@ -1,6 +1,8 @@
 """Section (c) of bench/learner.py: the learner at real size (Qwen2.5-VL-3B shapes, random weights,
 bf16, activation checkpointing, 2048 visual tokens + 1024 response tokens per sample): tokens/s,
-peak memory and MFU on a CUDA GPU; skipped on CPU. Run through `bench/learner.py`.
+peak memory and MFU on a CUDA GPU, one rank without Ray, for each layout side by side (`plain`;
+shared prefix with the dense 4D `mask`, the `two_pass` attention, `flex`); skipped on CPU. Run
+through `bench/learner.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from bench_utils import Row, measure, print_table
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from vidrl.learner.batch import TrainGroup, VisionArrays, micro_batches, step_totals
+from vidrl.learner.batch import TrainGroup, VisionArrays
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.loss_config import LossConfig
 
@@ -89,7 +91,8 @@ def real_row(
         param_dtype="bfloat16",
         gradient_checkpointing=True,
         max_tokens_per_microbatch=args.real_microbatch_tokens,
-        shared_prefix=layout == "shared",
+        shared_prefix=layout != "plain",
+        prefix_attention="two_pass" if layout == "plain" else layout,
         loss=LossConfig(kl_coef=args.kl_coef),
     )
     row = Row("LearnerWorker", "1", layout)
@@ -115,7 +118,7 @@ def time_worker(
     row: Row,
 ) -> None:
     """Build a rank, plan the step as LearnerGroup does for one rank, and time its steps."""
-    from vidrl.learner.group import combine_metrics
+    from vidrl.learner.group import combine_metrics, update_plans
     from vidrl.learner.worker import LearnerWorker
 
     worker = LearnerWorker(0, 1, str(model_dir), cfg, seed=0)
@@ -124,12 +127,10 @@ def time_worker(
         port = sock.getsockname()[1]
     worker.init_process_group("127.0.0.1", port)
     worker.build()
-    batches = micro_batches(groups, cfg.max_tokens_per_microbatch, cfg.shared_prefix)
-    plan = [[groups[i] for i in batch] for batch in batches]
-    totals = step_totals(groups)
+    plans = update_plans(groups, cfg, cfg.max_tokens_per_microbatch)
 
     def step() -> dict[str, float]:
-        return combine_metrics([worker.train_step(plan, len(plan), totals, "grpo", groups[:1])])
+        return combine_metrics([worker.train_step(plans, 1, "grpo", groups[:1])])
 
     run = (row, step)
     measure([run], args.real_warmup)
@@ -164,7 +165,7 @@ def section_real(args: argparse.Namespace, folder: Path) -> None:
     del model
     torch.cuda.empty_cache()
     groups = real_batch(config, args)
-    rows = [real_row(folder / "qwen25vl-3b", groups, args, layout) for layout in args.layouts]
+    rows = [real_row(folder / "qwen25vl-3b", groups, args, layout) for layout in args.real_layouts]
     print_real_table(rows, parameters, sum(g.cost(shared_prefix=False) for g in groups), args)
 
 

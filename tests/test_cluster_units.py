@@ -68,12 +68,12 @@ def test_bundles_separate_and_colocated_with_node_pins() -> None:
             "rollout.num_workers=2",
             "learner.num_ranks=2",
             "cluster.placement=colocated",
-            "rollout.gpus_per_worker=1",
-            "learner.gpus_per_rank=1",
+            "rollout.gpus_per_worker=0.5",
+            "learner.gpus_per_rank=0.5",
         ],
     )
     specs, rollout, learner = bundles(colocated)
-    assert specs == [{"CPU": 2.0, "GPU": 2.0}] * 2  # worker i and rank i share bundle i
+    assert specs == [{"CPU": 2.0, "GPU": 1.0}] * 2  # worker i and rank i share bundle i's GPU
     assert (rollout, learner) == ([0, 1], [0, 1])
 
 

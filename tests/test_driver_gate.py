@@ -4,6 +4,7 @@ groups reach the learner, and reward metrics cover every scored response."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -46,9 +47,11 @@ class FakeInputs:
 class FakeRollout:
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.refill_rounds: list[int] = []
 
-    def generate(self, prompts: Sequence[RolloutPrompt], step: int) -> RolloutBatch:
+    def generate(self, prompts: Sequence[RolloutPrompt], step: int, refill_round: int = 0) -> RolloutBatch:
         self.calls.append(len(prompts))
+        self.refill_rounds.append(refill_round)
         groups = []
         for index, prompt in enumerate(prompts):
             kind = prompt.sample_id.split("-")[0]
@@ -108,6 +111,7 @@ def test_the_gate_drops_flat_groups_and_refills_exactly_the_missing_prompts() ->
     # Each round draws what is still missing: 4, then 4 - kept, ... (never more than dropped).
     drawn = [r.drawn for r in rollout.rounds]
     assert run.rollout.calls == drawn and drawn[0] == 4
+    assert run.rollout.refill_rounds == [0, 1, 2]  # each refill samples streams of its own
     assert drawn == [4, 2, 1]  # with sampler seed 0: kept 2, then 1, then 1 -> the batch is full
     kept_per_round = [len(r.kept) for r in rollout.rounds]
     for i in range(1, len(drawn)):
@@ -143,3 +147,79 @@ def test_without_the_gate_every_group_is_trained_and_nothing_is_refilled() -> No
     assert rollout.gate_state == {} and rollout.gate_metrics == {}
     # 2 flat groups (all 1.0) + 2 mixed (0,1,0,1): mean (8 + 4) / 16 = 0.75
     assert reward_metrics(rollout.rounds)["reward/mean"] == 0.75
+
+
+class RecordingLearner:
+    """Records the learner calls of a step, in order."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def onload(self) -> float:
+        self.calls.append("learner.onload")
+        return 0.0
+
+    def train_step(self, groups: Sequence[Any]) -> dict[str, float]:
+        self.calls.append("learner.train_step")
+        return {"loss": 0.0}
+
+    def export_weights(self, version: int) -> list[Any]:
+        self.calls.append("learner.export_weights")
+        return []
+
+    def offload(self) -> float:
+        self.calls.append("learner.offload")
+        return 0.0
+
+
+@pytest.mark.parametrize("placement", ["separate", "colocated"])
+def test_colocated_learner_and_engines_take_turns(placement: str) -> None:
+    from vidrl.cluster.driver import grpo_step
+    from vidrl.rollout.types import UpdateMetrics
+
+    calls: list[str] = []
+    samples = [sample(i, "mixed") for i in range(2)]
+    run = fake_run(samples, gate=False, refills=0, prompts_per_step=2)
+    run.cfg = run.cfg.model_copy(
+        update={"cluster": run.cfg.cluster.model_copy(update={"placement": placement})}
+    )
+    run.learner, run.weights_version = RecordingLearner(calls), 0
+
+    def update_weights(version: int, refs: list[Any]) -> UpdateMetrics:
+        calls.append("rollout.update_weights")
+        return UpdateMetrics(version, 0.0, 0.0, 0)
+
+    run.rollout.update_weights = update_weights
+    grpo_step(run, 0, collect(run, step=0))  # type: ignore[arg-type]
+    expected = ["learner.train_step", "learner.export_weights", "rollout.update_weights"]
+    if placement == "colocated":  # the learner's state is back for the update and away for the load
+        expected = ["learner.onload", *expected[:2], "learner.offload", expected[2]]
+    assert calls == expected
+
+
+def test_overlong_responses_leave_the_loss_after_their_groups_advantages() -> None:
+    samples = [sample(0, "mixed")]
+    run = fake_run(samples, gate=False, refills=0, prompts_per_step=1)
+    loss = run.cfg.learner.loss.model_copy(update={"overlong_filter": True})
+    run.cfg = run.cfg.model_copy(update={"learner": run.cfg.learner.model_copy(update={"loss": loss})})
+    rollout = collect(run, step=0)  # type: ignore[arg-type]
+    round_ = rollout.rounds[0]
+    group = round_.batch.groups[0]
+    # Responses 1 and 3 (rewards 1 and 1) were cut by the token limit.
+    cut = tuple(
+        Response(r.token_ids, r.logprobs, r.text, "length" if i in (1, 3) else "stop", 0)
+        for i, r in enumerate(group.responses)
+    )
+    batch = RolloutBatch(
+        (RolloutGroup(0, group.sample_id, group.prompt_token_ids, group.frame_positions, cut, 0),),
+        (),
+        (),
+        round_.batch.metrics,
+        0,
+    )
+    seen: list[list[str]] = []
+    run.inputs.train_group = lambda g, p, c, adv: seen.append([r.text for r in g.responses]) or adv.tolist()
+    (advantages,) = learner_groups(run, dataclasses.replace(round_, batch=batch))  # type: ignore[arg-type]
+    # The advantages come from all four (0, 1, 0, 1: -/+ 0.866); only the two uncut responses train.
+    assert seen == [["0.0", "0.0"]]
+    assert advantages == pytest.approx([-0.866, -0.866], abs=1e-3)

@@ -222,3 +222,58 @@ def test_reference_in_compute_dtype_offloaded_and_weights_out_in_the_engine_dtyp
     assert first["kl"] == 0.0 and second["kl"] > 0.0
     assert all(0 < rank["start_host_bytes"] <= rank["optimizer_host_bytes"] for rank in build)
     assert first["peak_host_bytes"] > 0
+
+
+def test_updates_per_step_equal_sequential_steps_on_the_mini_batches(
+    cluster: None, model_dir: Path, groups: list[TrainGroup]
+) -> None:
+    """Two updates per step (mini-batches of groups 0-1 and 2-3, old log-probs fixed before the
+    first) make the same weights as two one-update steps on those mini-batches."""
+    from vidrl.learner.group import LearnerGroup
+
+    split = LearnerGroup(str(model_dir), gradient_like(num_ranks=1, updates_per_step=2), seed=0)
+    try:
+        metrics = split.train_step(groups)
+        at_once = exported(split, 1)
+    finally:
+        split.shutdown()
+    sequential = LearnerGroup(str(model_dir), gradient_like(num_ranks=1), seed=0)
+    try:
+        sequential.train_step(groups[:2])
+        sequential.train_step(groups[2:])
+        one_by_one = exported(sequential, 2)
+    finally:
+        sequential.shutdown()
+    assert metrics["updates"] == 2
+    assert max_difference(at_once, one_by_one) < 1e-6
+
+
+def test_recompute_measures_the_mismatch_and_rejection_drops_what_leaves_the_band(
+    cluster: None, model_dir: Path, groups: list[TrainGroup]
+) -> None:
+    """The "engine" log-probs here are -2 everywhere; the random model gives about -ln(vocab)
+    = -6.2, a ratio of e^-4.2 = 0.015 outside [0.5, 2]: the recompute pass measures that,
+    rejection drops every token (and its counts), so two epochs of updates leave the weights as
+    they were."""
+    import dataclasses
+
+    from vidrl.learner.group import LearnerGroup
+
+    groups = [
+        dataclasses.replace(g, old_logprobs=tuple(np.full(len(r), -2.0, np.float32) for r in g.responses))
+        for g in groups
+    ]
+    loss = LossConfig(kl_coef=0.0, entropy_coef=0.0, rollout_rejection="token")
+    cfg = config(num_ranks=1, old_logprobs="recompute", epochs=2, weight_decay=0.0, loss=loss)
+    learner = LearnerGroup(str(model_dir), cfg, seed=0)
+    try:
+        before = exported(learner, 0)
+        metrics = learner.train_step(groups)
+        after = exported(learner, 1)
+    finally:
+        learner.shutdown()
+    assert metrics["updates"] == 2
+    assert 3.5 < metrics["mismatch/abs_log_ratio"] < 5.0
+    assert metrics["mismatch/beyond"] == 1.0 and metrics["mismatch/k3"] > 1.0
+    assert metrics["policy_loss"] == 0.0
+    assert max_difference(before, after) == 0.0

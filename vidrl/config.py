@@ -67,6 +67,19 @@ class RunConfig(StrictConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _overlong_limit_is_the_rollouts(self) -> RunConfig:
+        # The punishment's ramp ends at the response limit: another limit would punish or spare
+        # responses the engine never cuts.
+        for component in self.rewards.resolved_components():
+            limit = component.kwargs.get("max_tokens")
+            if component.fn == "overlong_penalty" and limit != self.rollout.max_response_tokens:
+                raise ValueError(
+                    f"reward component {component.name!r}: overlong_penalty max_tokens={limit} but "
+                    f"rollout.max_response_tokens={self.rollout.max_response_tokens}: set them equal"
+                )
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name

@@ -21,7 +21,7 @@ from typing import Any
 
 from vidrl.cluster.inputs import LearnerInputs
 from vidrl.cluster.metrics import MetricsSink, PhaseTimer
-from vidrl.cluster.resources import Placement, scheduling_strategies
+from vidrl.cluster.resources import Placement, placed_rollout_config, scheduling_strategies
 from vidrl.cluster.sampler import PromptSampler
 from vidrl.config import RunConfig, dump_config
 from vidrl.data.readers import load_samples
@@ -179,22 +179,36 @@ def start_actors(cfg: RunConfig, path: str, placement: Placement) -> tuple[Any, 
     from vidrl.learner.group import LearnerGroup
     from vidrl.rollout.pool import RolloutPool
 
+    rollout_cfg = placed_rollout_config(cfg)
+
+    def learner_group() -> Any:
+        return LearnerGroup(
+            path,
+            cfg.learner,
+            seed=cfg.seed,
+            scheduling=placement.learner,
+            temperature=cfg.rollout.temperature,
+            export_dtype=cfg.rollout.dtype,
+        )
+
     started: list[Any] = []
     try:
-        # The engines and the learner ranks start at the same time (each takes seconds of imports).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="start-rollout") as starter:
-            starting = starter.submit(RolloutPool, cfg.rollout, path, scheduling=placement.rollout)
-            starting.add_done_callback(lambda f: f.exception() is None and started.append(f.result()))
-            learner = LearnerGroup(
-                path,
-                cfg.learner,
-                seed=cfg.seed,
-                scheduling=placement.learner,
-                temperature=cfg.rollout.temperature,
-                export_dtype=cfg.rollout.dtype,
-            )
+        if rollout_cfg.sleep_mode:
+            # Shared GPUs: the engines start and sleep first, then the learner loads into the
+            # memory they freed (vLLM refuses to start unless gpu_memory_fraction of it is free).
+            rollout = RolloutPool(rollout_cfg, path, scheduling=placement.rollout)
+            started.append(rollout)
+            rollout.sleep()
+            learner = learner_group()
             started.append(learner)
-        rollout = starting.result()
+        else:
+            # The engines and the learner ranks start at the same time (each takes seconds of imports).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="start-rollout") as starter:
+                starting = starter.submit(RolloutPool, rollout_cfg, path, scheduling=placement.rollout)
+                starting.add_done_callback(lambda f: f.exception() is None and started.append(f.result()))
+                learner = learner_group()
+                started.append(learner)
+            rollout = starting.result()
         rewards = reward_pool(cfg)
     except BaseException:
         for part in started:  # leaving the executor waited for the pool: it is here if it started

@@ -75,22 +75,22 @@ def collect(run: Run, step: int) -> Rollout:
     rounds: list[Round] = []
     kept, draw = 0, wanted
     while draw:
-        rounds.append(draw_round(run, step, draw))
+        rounds.append(draw_round(run, step, draw, refill_round=len(rounds)))
         kept += len(rounds[-1].kept)
         draw = prompts_to_draw(kept, wanted, len(rounds) - 1, run.cfg.gate)
     return Rollout(tuple(rounds), run.sampler.state_dict(), run.gate.state_dict(), run.gate.metrics())
 
 
-def draw_round(run: Run, step: int, count: int) -> Round:
-    """`count` new prompts through rollout, rewards and the gate."""
+def draw_round(run: Run, step: int, count: int, refill_round: int = 0) -> Round:
+    """`count` new prompts through rollout, rewards and the gate; `refill_round` (0 for the
+    first draw of the step) picks the sampling streams, so refills never reuse the first draw's."""
     import ray
 
     with run.timer.phase("data"):
         samples = run.sampler.next(count)
         inputs = run.inputs.step_inputs(samples, run.skips, put=ray.put)
     with run.timer.phase("rollout"):
-        # Refill rounds reuse the step's seed: their prompts differ, so their responses do too.
-        batch = run.rollout.generate(list(inputs.prompts), step)
+        batch = run.rollout.generate(list(inputs.prompts), step, refill_round=refill_round)
     with run.timer.phase("reward"):
         scores, failures = score_batch(run.rewards, batch, inputs.samples)
     totals = [[s.total for s in group if s is not None] for group in scores]
@@ -103,7 +103,11 @@ def score_batch(
 ) -> tuple[tuple[tuple[RewardScore | None, ...], ...], int]:
     """Every response of `batch` scored on the reward pool against `samples[prompt_index]`:
     (scores[g][i] of batch.groups[g].responses[i], None where the reward failed; failures)."""
-    inputs = [RewardInput(samples[g.prompt_index], r.text) for g in batch.groups for r in g.responses]
+    inputs = [
+        RewardInput(samples[g.prompt_index], r.text, len(r.token_ids))
+        for g in batch.groups
+        for r in g.responses
+    ]
     scored = rewards.score(inputs)
     grouped, cursor = [], 0
     for group in batch.groups:
@@ -113,13 +117,22 @@ def score_batch(
 
 
 def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
-    """Learn from one step's kept groups and push the weights; returns the step's metrics."""
+    """Learn from one step's kept groups and push the weights; returns the step's metrics.
+
+    Colocated (learner and engines on the same devices), the two take turns: the engines slept
+    after generating, the learner's state comes back for the update and goes to host memory
+    once the weights are exported, and the engines then wake to load them."""
+    colocated = run.cfg.cluster.placement == "colocated"
     with run.timer.phase("learn"):
         groups = [g for r in rollout.rounds for g in learner_groups(run, r)]
+        if colocated:
+            run.learner.onload()
         metrics = run.learner.train_step(groups) if groups else {}
     with run.timer.phase("sync"):
         run.weights_version += 1
         refs = run.learner.export_weights(run.weights_version)
+        if colocated:
+            run.learner.offload()
         update = run.rollout.update_weights(run.weights_version, refs)
     return {
         **{f"learner/{k}": v for k, v in metrics.items()},
@@ -136,16 +149,24 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
 
 
 def learner_groups(run: Run, round_: Round) -> list[TrainGroup]:
-    """The kept groups with their advantages; responses whose reward failed are left out."""
+    """The kept groups with their advantages; responses whose reward failed are left out, and
+    so are responses cut by the token limit under `loss.overlong_filter` (DAPO), after the
+    advantages: they still count in their group's baseline."""
     loss = run.cfg.learner.loss
     out: list[TrainGroup] = []
     for index in round_.kept:
         group, scores = round_.batch.groups[index], round_.scores[index]
-        keep = [i for i, s in enumerate(scores) if s is not None]
-        if not keep:
+        scored = [i for i, s in enumerate(scores) if s is not None]
+        if not scored:
             continue
-        values = torch.tensor([[scores[i].total for i in keep]])  # type: ignore[union-attr]
-        adv = group_advantages(values, loss.advantage_estimator, loss.advantage_eps)[0]
+        values = torch.tensor([[scores[i].total for i in scored]])  # type: ignore[union-attr]
+        advantages = group_advantages(values, loss.advantage_estimator, loss.advantage_eps)[0]
+        trained = [
+            j for j, i in enumerate(scored) if not (loss.overlong_filter and group.responses[i].truncated)
+        ]
+        if not trained:
+            continue
+        keep, adv = [scored[j] for j in trained], advantages[trained]
         kept = type(group)(
             group.prompt_index,
             group.sample_id,

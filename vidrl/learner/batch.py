@@ -59,7 +59,7 @@ class TrainGroup:
 
 @dataclass(frozen=True, slots=True)
 class StepTotals:
-    """Counts over the whole step (all ranks, all micro-batches): the loss's denominators."""
+    """Counts over one optimizer update (all ranks, all micro-batches): the loss's denominators."""
 
     response_tokens: int
     sequences: int
@@ -70,6 +70,30 @@ def step_totals(groups: Sequence[TrainGroup]) -> StepTotals:
         response_tokens=sum(g.num_response_tokens for g in groups),
         sequences=sum(sum(1 for r in g.responses if len(r)) for g in groups),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatePlan:
+    """One optimizer update as one rank runs it.
+
+    microbatches:     this rank's micro-batches, each a tuple of whole groups (may be empty).
+    num_microbatches: how many forward/backward passes every rank runs for this update (the
+                      most any rank has: a rank with fewer runs its fallback group at weight 0).
+    totals:           the update's counts over all ranks (its loss denominators).
+    """
+
+    microbatches: tuple[tuple[TrainGroup, ...], ...]
+    num_microbatches: int
+    totals: StepTotals
+
+
+def split_into_updates(groups: Sequence[TrainGroup], updates: int) -> list[list[int]]:
+    """Indices of the groups of each optimizer update: consecutive runs of whole groups, as
+    equal in count as they can be (verl's and EasyR1's mini-batches). Fewer groups than updates
+    give one update per group."""
+    count = min(updates, len(groups))
+    bounds = [round(i * len(groups) / count) for i in range(count + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(count)]
 
 
 def split_across_ranks(groups: Sequence[TrainGroup], num_ranks: int, shared_prefix: bool) -> list[list[int]]:

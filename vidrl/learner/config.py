@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vidrl.configbase import StrictConfig
 from vidrl.learner.loss_config import LossConfig
@@ -49,7 +49,14 @@ class LearnerConfig(StrictConfig):
     logprob_chunk_tokens: int = Field(256, ge=1)
     """Response tokens scored per chunk of the vocabulary projection (memory: chunk x vocab floats)."""
     old_logprobs: Literal["rollout", "recompute"] = "rollout"
-    """Old log-probs of the ratio: the rollout engine's, or recomputed by the learner before the update."""
+    """Old log-probs of the ratio: the rollout engine's, or the learner's own from a forward pass
+    before the step's first update (needed by the rollout corrections in `loss`)."""
+    updates_per_step: int = Field(1, ge=1)
+    """Optimizer updates per step: the step's groups split into this many mini-batches of whole
+    groups, one update each (verl ppo_mini_batch_size, TRL steps_per_generation)."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the step's rollout, each making updates_per_step updates (ppo_epochs,
+    TRL num_iterations)."""
     reference_offload: bool = False
     """Keep the frozen reference model's shards in host memory between uses (FSDP2 CPU offload)."""
     weight_bucket_bytes: int = Field(512 * 1024 * 1024, ge=1024)
@@ -58,3 +65,15 @@ class LearnerConfig(StrictConfig):
     """Attention kernel: auto = flash-attn 2 on GPUs where installed and compute is bf16, else SDPA."""
     loss: LossConfig = LossConfig()
     """The GRPO objective: advantages, clipping, KL, entropy, aggregation."""
+
+    @model_validator(mode="after")
+    def _corrections_need_the_learners_old_policy(self) -> LearnerConfig:
+        loss = self.loss
+        if (
+            loss.rollout_is != "none" or loss.rollout_rejection != "none"
+        ) and self.old_logprobs != "recompute":
+            raise ValueError(
+                "loss.rollout_is / loss.rollout_rejection weigh pi_old / pi_rollout, so pi_old must be "
+                "the learner's own: set old_logprobs: recompute"
+            )
+        return self

@@ -187,6 +187,7 @@ def response_logprobs_shared(
     attention: PrefixAttention = "mask",
     kernel: Kernel = "sdpa",
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    banned_ids: Sequence[int] = (),
 ) -> list[ResponseLogprobs]:
     """Log-probs of every group's responses, one packed sequence per group, B groups per forward.
 
@@ -194,7 +195,8 @@ def response_logprobs_shared(
     text-only prompt). Returns one record per group, [G_b, Lmax_b]. Differentiable.
     attention: "mask" builds the dense [B, 1, T, T] mask (any maskable attention); "two_pass"
     and "flex" need the text model under `vidrl_shared_prefix` (`use_shared_prefix_attention`),
-    with `kernel` "sdpa" or "flash" for two_pass.
+    with `kernel` "sdpa" or "flash" for two_pass. banned_ids: tokens the rollout never samples
+    (image/video pads), left out of the distribution as the engine leaves them out.
     """
     batch = batch_groups(groups, _pad_token_id(model), with_mask=attention == "mask")
     parameter = next(model.parameters())
@@ -211,7 +213,7 @@ def response_logprobs_shared(
         )
     layout = prefix_layout(batch, "flex" if attention == "flex" else kernel, parameter.device)
     extra = {"prefix_layout": layout}
-    return _forward(model, batch, None, vision, temperature, with_entropy, chunk_tokens, extra)
+    return _forward(model, batch, None, vision, temperature, with_entropy, chunk_tokens, banned_ids, extra)
 
 
 def use_shared_prefix_attention(model: nn.Module) -> None:
@@ -230,6 +232,7 @@ def response_logprobs_plain(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    banned_ids: Sequence[int] = (),
 ) -> list[ResponseLogprobs]:
     """The same records as `response_logprobs_shared`, computed without sharing.
 
@@ -247,7 +250,9 @@ def response_logprobs_plain(
     # A 2D padding mask lets transformers build the causal mask itself (SDPA's is_causal fast
     # path when nothing is padded), as an unshared learner would run.
     padding = batch.padding_mask.long().to(next(model.parameters()).device)
-    singles_out = _forward(model, batch, padding, sequence_vision, temperature, with_entropy, chunk_tokens)
+    singles_out = _forward(
+        model, batch, padding, sequence_vision, temperature, with_entropy, chunk_tokens, banned_ids
+    )
     return _regroup(singles_out, [group.num_responses for group in groups])
 
 
@@ -259,6 +264,7 @@ def _forward(
     temperature: float,
     with_entropy: bool,
     chunk_tokens: int,
+    banned_ids: Sequence[int] = (),
     extra: dict[str, Any] | None = None,
 ) -> list[ResponseLogprobs]:
     """Run the model on a padded batch; its head scores each group's response tokens."""
@@ -274,8 +280,15 @@ def _forward(
     batch_rows = torch.cat([torch.full_like(g.logit_rows, b) for b, g in enumerate(batch.groups)])
     columns = torch.cat([group.logit_rows for group in batch.groups]) - first_row
     targets = torch.cat([group.targets for group in batch.groups])
+    banned = torch.tensor(list(banned_ids), dtype=torch.long, device=device) if banned_ids else None
     request = HeadRequest(
-        batch_rows.to(device), columns.to(device), targets.to(device), temperature, chunk_tokens, with_entropy
+        batch_rows.to(device),
+        columns.to(device),
+        targets.to(device),
+        temperature,
+        chunk_tokens,
+        with_entropy,
+        banned,
     )
     with scoring_head(model, request):
         outputs = model(

@@ -13,12 +13,22 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from vidrl.learner.batch import TrainGroup, micro_batches, split_across_ranks, step_totals
+from vidrl.learner.batch import (
+    TrainGroup,
+    UpdatePlan,
+    micro_batches,
+    split_across_ranks,
+    split_into_updates,
+    step_totals,
+)
 from vidrl.learner.config import LearnerConfig
+from vidrl.learner.losses import MISMATCH_PREFIX
 
 log = logging.getLogger(__name__)
 
 SUMMED_METRICS = ("tokens", "sequences", "microbatches", "padding_tokens_saved")
+# The rollout/learner mismatch arrives as raw sums over tokens: means are taken after the sum.
+MISMATCH_MEANS = ("abs_log_ratio", "k3", "beyond")
 # The ranks run in lockstep, so the slowest rank's time is the step's; memory: the fullest rank's.
 MAX_METRICS = ("step_seconds", "peak_host_bytes", "peak_device_bytes")
 
@@ -62,7 +72,8 @@ class LearnerGroup:
     def train_step(
         self, groups: Sequence[TrainGroup], mode: str = "grpo", max_tokens_per_microbatch: int | None = None
     ) -> dict[str, float]:
-        """One optimizer update over `groups` (GRPO, or SFT cross-entropy with mode="sft").
+        """One step over `groups`: `updates_per_step` optimizer updates on consecutive mini-batches
+        of whole groups, `epochs` times (GRPO; SFT cross-entropy with mode="sft" makes one update).
 
         max_tokens_per_microbatch overrides the config's budget for this step only.
         """
@@ -72,19 +83,16 @@ class LearnerGroup:
             raise ValueError("train_step needs at least one group")
         started = time.perf_counter()
         budget = max_tokens_per_microbatch or self.cfg.max_tokens_per_microbatch
-        totals = step_totals(groups)
-        shares = split_across_ranks(groups, self.cfg.num_ranks, self.cfg.shared_prefix)
-        plans = []
-        for share in shares:
-            mine = [groups[i] for i in share]
-            batches = micro_batches(mine, budget, self.cfg.shared_prefix)
-            plans.append([[mine[i] for i in batch] for batch in batches])
-        num_micro = max(len(plan) for plan in plans)
+        count, epochs = (1, 1) if mode == "sft" else (self.cfg.updates_per_step, self.cfg.epochs)
+        per_rank: list[list[UpdatePlan]] = [[] for _ in self.workers]
+        for indices in split_into_updates(groups, count):
+            for rank, plan in enumerate(update_plans([groups[i] for i in indices], self.cfg, budget)):
+                per_rank[rank].append(plan)
         fallback = [groups[0]]
         results = ray.get(
             [
-                worker.train_step.remote(plan, num_micro, totals, mode, fallback)
-                for worker, plan in zip(self.workers, plans, strict=True)
+                worker.train_step.remote(plans, epochs, mode, fallback)
+                for worker, plans in zip(self.workers, per_rank, strict=True)
             ]
         )
         metrics = combine_metrics(results)
@@ -100,6 +108,18 @@ class LearnerGroup:
 
         refs = ray.get([w.export_weights.remote(version) for w in self.workers])
         return refs[0]
+
+    def offload(self) -> float:
+        """Every rank's training state to host memory (colocated GPUs); bytes moved per rank, summed."""
+        import ray
+
+        return float(sum(ray.get([w.offload.remote() for w in self.workers])))
+
+    def onload(self) -> float:
+        """Every rank's training state back on its device; bytes moved, summed."""
+        import ray
+
+        return float(sum(ray.get([w.onload.remote() for w in self.workers])))
 
     def peak_memory(self) -> list[dict[str, float]]:
         """Each rank's peak memory during the last step, build or weight export."""
@@ -127,16 +147,37 @@ class LearnerGroup:
         self.workers = []
 
 
+def update_plans(groups: Sequence[TrainGroup], cfg: LearnerConfig, budget: int) -> list[UpdatePlan]:
+    """One update's plan for every rank: its groups balanced over the ranks by cost, each share
+    in micro-batches under the token budget, the totals over all of them."""
+    totals = step_totals(groups)
+    shares = split_across_ranks(groups, cfg.num_ranks, cfg.shared_prefix)
+    batches = []
+    for share in shares:
+        mine = [groups[i] for i in share]
+        plan = micro_batches(mine, budget, cfg.shared_prefix)
+        batches.append(tuple(tuple(mine[i] for i in batch) for batch in plan))
+    most = max(len(b) for b in batches)
+    return [UpdatePlan(b, most, totals) for b in batches]
+
+
 def combine_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
     """Sum the counts, take the slowest rank's time; the loss-like metrics arrive as
     already-normalised partial sums."""
     out: dict[str, float] = {}
     for metrics in per_rank:
         for key, value in metrics.items():
-            if key.endswith("_sum") or key in SUMMED_METRICS:
+            if key.startswith(MISMATCH_PREFIX):
+                out[key] = out.get(key, 0.0) + value
+            elif key.endswith("_sum") or key in SUMMED_METRICS:
                 out[key.removesuffix("_sum")] = out.get(key.removesuffix("_sum"), 0.0) + value
             elif key in MAX_METRICS or (key.startswith("load_") and key.removeprefix("load_") in MAX_METRICS):
                 out[key] = max(out.get(key, 0.0), value)
             else:
-                out[key] = value  # identical on every rank (lr, grad_norm)
+                out[key] = value  # identical on every rank (lr, grad_norm, updates)
+    tokens = out.pop(f"{MISMATCH_PREFIX}tokens", 0.0)
+    for name in MISMATCH_MEANS:
+        total = out.pop(f"{MISMATCH_PREFIX}{name}", None)
+        if total is not None and tokens:
+            out[f"mismatch/{name}"] = total / tokens
     return out

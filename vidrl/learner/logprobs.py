@@ -46,6 +46,7 @@ class _ChunkedHead(torch.autograd.Function):
         inv_temperature: float,
         chunk_tokens: int,
         with_entropy: bool,
+        banned: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         count = hidden.shape[0]
         dtype = torch.promote_types(hidden.dtype, torch.float32)  # float64 stays (gradcheck)
@@ -54,21 +55,21 @@ class _ChunkedHead(torch.autograd.Function):
         entropy = hidden.new_zeros(count, dtype=dtype)  # [N]
         for start in range(0, count, chunk_tokens):
             rows = slice(start, min(start + chunk_tokens, count))
-            z = _scaled_logits(hidden[rows], weight, bias, inv_temperature)  # [n, V] float32
+            z = _scaled_logits(hidden[rows], weight, bias, inv_temperature, banned)  # [n, V] float32
             lse[rows] = torch.logsumexp(z, dim=-1)
             logprobs[rows] = z.gather(-1, targets[rows, None])[:, 0] - lse[rows]
             if with_entropy:
                 probs = z.sub_(lse[rows, None]).exp_()  # [n, V]
                 # xlogy gives 0 for p = 0 (a -inf logit) where p * log p would give NaN.
                 entropy[rows] = -torch.xlogy(probs, probs).sum(-1)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy, banned)
         ctx.inv_temperature, ctx.chunk_tokens, ctx.with_entropy = inv_temperature, chunk_tokens, with_entropy
         return logprobs, entropy
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_logprobs: Tensor, grad_entropy: Tensor) -> tuple[Any, ...]:
-        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+        hidden, weight, bias, targets, lse, entropy, banned = ctx.saved_tensors
         scale = ctx.inv_temperature
         grad_hidden = torch.empty_like(hidden)  # [N, H]
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None  # [V, H]
@@ -76,7 +77,9 @@ class _ChunkedHead(torch.autograd.Function):
         count = hidden.shape[0]
         for start in range(0, count, ctx.chunk_tokens):
             rows = slice(start, min(start + ctx.chunk_tokens, count))
-            probs = _scaled_logits(hidden[rows], weight, bias, scale).sub_(lse[rows, None]).exp_()  # [n, V]
+            probs = (
+                _scaled_logits(hidden[rows], weight, bias, scale, banned).sub_(lse[rows, None]).exp_()
+            )  # [n, V]
             g_lp = grad_logprobs[rows, None]  # [n, 1]
             # dL/dz = g_lp * (onehot - p) - g_h * (p log p + p H), then dz/dlogits = 1 / T
             if ctx.with_entropy:
@@ -90,12 +93,15 @@ class _ChunkedHead(torch.autograd.Function):
                 grad_weight.addmm_(grad_z.T, hidden[rows])
             if grad_bias is not None:
                 grad_bias.add_(grad_z.sum(0))
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
-def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+def _scaled_logits(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, scale: float, banned: Tensor | None
+) -> Tensor:
     logits = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)
-    return logits.to(torch.promote_types(logits.dtype, torch.float32)).mul_(scale)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).mul_(scale)
+    return logits if banned is None else logits.index_fill_(-1, banned, float("-inf"))
 
 
 def head_logprobs(
@@ -107,12 +113,16 @@ def head_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     with_entropy: bool = False,
+    banned_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(log p(target), entropy) per token, [N] each, of softmax((hidden @ weight.T + bias) / T),
     computed in float32 (float64 inputs stay float64).
 
     hidden [N, H], weight [V, H], bias [V] or None, targets int [N]. The entropy is 0 unless
-    asked for. Differentiable in hidden, weight and bias; nothing of size N x V is kept.
+    asked for. `banned_ids` (long [K]) are left out of the distribution, as the rollout engine
+    leaves out the tokens it never samples (image/video pads): its log-probs are then those of the
+    distribution actually sampled from. Differentiable in hidden, weight and bias; nothing of size
+    N x V is kept.
     """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(
@@ -120,8 +130,9 @@ def head_logprobs(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    banned = None if banned_ids is None or not len(banned_ids) else banned_ids.to(hidden.device).long()
     return _ChunkedHead.apply(
-        hidden, weight, bias, targets.long(), 1.0 / temperature, chunk_tokens, with_entropy
+        hidden, weight, bias, targets.long(), 1.0 / temperature, chunk_tokens, with_entropy, banned
     )
 
 
@@ -130,7 +141,8 @@ class HeadRequest:
     """Which rows of the model's final hidden states [B, K, H] to score, and how.
 
     batch_rows, columns: [N] long, the (row, position) of each scored token in the hidden states
-    the head receives (the model's `logits_to_keep` slice). targets: [N] long.
+    the head receives (the model's `logits_to_keep` slice). targets: [N] long. banned_ids: [K]
+    long, token ids left out of the distribution (None: none).
     """
 
     batch_rows: Tensor
@@ -139,6 +151,7 @@ class HeadRequest:
     temperature: float
     chunk_tokens: int
     with_entropy: bool
+    banned_ids: Tensor | None = None
 
 
 @contextmanager
@@ -159,6 +172,7 @@ def scoring_head(model: nn.Module, request: HeadRequest) -> Iterator[None]:
             temperature=request.temperature,
             chunk_tokens=request.chunk_tokens,
             with_entropy=request.with_entropy,
+            banned_ids=request.banned_ids,
         )
         return torch.stack([logprobs, entropy], dim=-1)[None]  # [1, N, 2]
 

@@ -1,18 +1,19 @@
 """LearnerWorker: one torch.distributed rank (a Ray actor) holding an FSDP2 shard of the policy.
 
-One `train_step` is one optimizer update: for each micro-batch of the plan the group made,
-a forward pass over whole groups (shared-prefix layout by default), the GRPO (or SFT) loss
-normalised by step-wide counts, and a backward pass; then gradient clipping, AdamW and the
-schedule. Ranks with fewer micro-batches run the step's fallback group with weight 0 so the
-FSDP2 collectives stay in lockstep.
+One `train_step` makes `epochs` x len(updates) optimizer updates over the step's rollout (one
+by default): for each micro-batch of an update's plan, a forward pass over whole groups
+(shared-prefix layout by default), the GRPO (or SFT) loss normalised by the update's counts
+(vidrl.learner.losses), and a backward pass; then gradient clipping, AdamW and the schedule.
+Ranks with fewer micro-batches run the step's fallback group with weight 0 so the FSDP2
+collectives stay in lockstep.
 
 Memory: every rank reports its peak host memory (and peak GPU memory on GPUs) for building
 and for each step (`peak_host_bytes`, `peak_device_bytes`; vidrl.learner.memory).
 
-Old log-probs: with `old_logprobs: recompute` the learner would run the current policy
-before the update; since a step makes exactly one optimizer update, that is the same policy
-as the update's own forward, so its values are those log-probs, detached (ratio = 1, and the
-clipped surrogate reduces to the policy gradient). That costs no extra forward pass.
+Old log-probs: with `old_logprobs: recompute` a forward pass over the same micro-batches,
+before the first update, gives the learner's own pi_old (and the rollout/learner mismatch,
+which the rollout corrections need); with `rollout` the engine's log-probs are pi_old and the
+mismatch is measured on the first update's forward, before the policy moves.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vidrl.learner.batch import StepTotals, TrainGroup
+from vidrl.learner.batch import StepTotals, TrainGroup, UpdatePlan
 from vidrl.learner.checkpoint import materialise_optimizer_state
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import (
@@ -37,7 +38,14 @@ from vidrl.learner.forward import (
     response_logprobs_plain,
     response_logprobs_shared,
 )
-from vidrl.learner.grpo import grpo_loss
+from vidrl.learner.losses import (
+    MISMATCH_PREFIX,
+    add_mismatch,
+    grpo_microbatch,
+    kept_mask,
+    rollout_logprobs,
+    sft_microbatch,
+)
 from vidrl.learner.memory import PeakMemory
 from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, dummy_vision_pass
 from vidrl.learner.prefix import PackedGroup, pack_group
@@ -97,6 +105,9 @@ class LearnerWorker:
         torch.manual_seed(self.seed)
         self.model = build_sharded(self.model_path, self.attention, self.cfg, self.device, torch.float32)
         self.config = self.model.config
+        # The engine never samples the image/video pads: they leave the learner's distribution too.
+        pads = (self.config.image_token_id, self.config.video_token_id)
+        self.banned_ids = tuple(int(i) for i in pads if i is not None)
         phases["policy"] = self.memory.host()
         self.reference = None
         if self.cfg.loss.kl_coef > 0:
@@ -121,6 +132,30 @@ class LearnerWorker:
         phases["optimizer"] = self.memory.host()
         return {f"{phase}_host_bytes": float(value) for phase, value in phases.items()}
 
+    def offload(self) -> float:
+        """Move this rank's parameter shards, gradients and optimizer state to host memory, so a
+        colocated engine can wake into the device memory; returns the bytes moved (0 on CPU)."""
+        return self._move_state(torch.device("cpu"))
+
+    def onload(self) -> float:
+        """Bring back what `offload` moved, before the next step; returns the bytes moved."""
+        return self._move_state(self.device)
+
+    def _move_state(self, target: torch.device) -> float:
+        if self.device.type == "cpu":
+            return 0.0
+        self.model.to(target)  # FSDP2 moves the sharded parameters (and their gradients)
+        moved = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    state[key] = value.to(target, non_blocking=True)
+                    moved += value.numel() * value.element_size()
+        if target.type == "cpu":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        return float(moved)
+
     def peak_memory(self) -> dict[str, float]:
         """Peak memory since the last step, build or export began (what the last one needed)."""
         return self.memory.read()
@@ -128,104 +163,135 @@ class LearnerWorker:
     # ------------------------------------------------------------------ training
 
     def train_step(
+        self, updates: Sequence[UpdatePlan], epochs: int, mode: str, fallback: Sequence[TrainGroup]
+    ) -> dict[str, float]:
+        """One step: `epochs` passes over `updates`, one optimizer update each. With
+        `old_logprobs: recompute` the old policy is first computed by a forward pass over the
+        same micro-batches, before any update."""
+        started = time.perf_counter()
+        self.memory.reset()
+        recompute = mode == "grpo" and self.cfg.old_logprobs == "recompute"
+        old, sums = self._recompute_old(updates, fallback) if recompute else ({}, {})
+        totals = [self._kept_totals(update, old) for update in updates] if recompute else None
+        self.model.train()
+        norms, lrs = [], []
+        for epoch in range(epochs):
+            for index, update in enumerate(updates):
+                measure = not recompute and epoch == 0 and index == 0
+                counts = update.totals if totals is None else totals[index]
+                parts = self._update(update, counts, mode, fallback, old, measure)
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                norms.append(self._clip_gradients())
+                self.optimizer.step()
+                lrs.append(self.scheduler.get_last_lr()[0])
+                self.scheduler.step()
+                self.step += 1
+        runs = len(updates) * epochs
+        means = {k: v / runs for k, v in sums.items() if not k.startswith(MISMATCH_PREFIX)}
+        tokens = epochs * sum(
+            g.cost(self.cfg.shared_prefix) for u in updates for mb in u.microbatches for g in mb
+        )
+        return {
+            **means,
+            **{k: v for k, v in sums.items() if k.startswith(MISMATCH_PREFIX)},
+            "grad_norm": sum(norms) / runs,
+            "lr": lrs[0],
+            "updates": float(runs),
+            "tokens": float(tokens),
+            "microbatches": float(sum(len(u.microbatches) for u in updates)),
+            "step_seconds": time.perf_counter() - started,
+            **self.memory.read(),
+        }
+
+    def _update(
         self,
-        plan: Sequence[Sequence[TrainGroup]],
-        num_microbatches: int,
+        update: UpdatePlan,
         totals: StepTotals,
         mode: str,
         fallback: Sequence[TrainGroup],
+        old: dict[int, torch.Tensor],
+        measure: bool,
     ) -> dict[str, float]:
-        started = time.perf_counter()
-        self.memory.reset()
-        self.model.train()
+        """Forward and backward every micro-batch of one update (gradients left for the optimizer)."""
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        for index in range(num_microbatches):
-            active = index < len(plan)
-            groups = plan[index] if active else fallback
-            loss, parts = self._microbatch_loss(groups, totals, mode)
-            # FSDP2 averages gradients over ranks; the loss is a share of a step-wide sum.
+        for index in range(update.num_microbatches):
+            active = index < len(update.microbatches)
+            groups = update.microbatches[index] if active else fallback
+            loss, parts = self._microbatch_loss(groups, totals, mode, old, measure and active)
+            # FSDP2 averages gradients over ranks; the loss is a share of an update-wide sum.
             (loss * (self.world_size if active else 0.0)).backward()
             if active:
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value
-        grad_norm = self._clip_gradients()
-        self.optimizer.step()
-        lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
-        self.step += 1
-        tokens = sum(g.cost(self.cfg.shared_prefix) for mb in plan for g in mb)
-        elapsed = time.perf_counter() - started
-        return {
-            **sums,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "tokens": float(tokens),
-            "microbatches": float(len(plan)),
-            "step_seconds": elapsed,
-            **self.memory.read(),
-        }
+        return sums
 
     def _microbatch_loss(
-        self, groups: Sequence[TrainGroup], totals: StepTotals, mode: str
+        self,
+        groups: Sequence[TrainGroup],
+        totals: StepTotals,
+        mode: str,
+        old: dict[int, torch.Tensor],
+        measure: bool,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         packed = [self._pack(g) for g in groups]
         vision = [self._vision(g) for g in groups]
         outputs = self._logprobs(self.model, packed, vision, with_entropy=True)
         extra = dummy_vision_pass(self.model) if all(v is None for v in vision) else None
         if mode == "sft":
-            loss, parts = self._sft_loss(outputs, totals)
+            loss, parts = sft_microbatch(outputs, totals)
         else:
-            loss, parts = self._grpo_loss(groups, packed, vision, outputs, totals)
+            references = self._reference_logprobs(packed, vision)
+            learner_old = [old.get(id(g)) for g in groups]
+            loss, parts = grpo_microbatch(
+                groups, outputs, references, learner_old, self.cfg.loss, totals, measure
+            )
         return (loss if extra is None else loss + extra.to(loss.device)), parts
 
-    def _grpo_loss(
-        self,
-        groups: Sequence[TrainGroup],
-        packed: list[PackedGroup],
-        vision: list[VisionInputs | None],
-        outputs: list[ResponseLogprobs],
-        totals: StepTotals,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        references = self._reference_logprobs(packed, vision)
-        denominator = totals.response_tokens if self.cfg.loss.loss_agg == "token-mean" else totals.sequences
-        loss = torch.zeros((), device=self.device)
-        parts: dict[str, float] = {}
-        for index, (group, out) in enumerate(zip(groups, outputs, strict=True)):
-            advantages = torch.as_tensor(group.advantages, dtype=torch.float32, device=out.logprobs.device)
-            old = self._old_logprobs(group, out)
-            terms = grpo_loss(
-                out.logprobs,
-                old,
-                advantages,
-                out.mask,
-                self.cfg.loss,
-                ref_logprobs=None if references is None else references[index].logprobs,
-                entropy=out.entropies,
-                global_denominator=denominator,
-            )
-            loss = loss + terms.loss
-            for name in ("policy_loss", "kl", "entropy", "clip_fraction"):
-                parts[f"{name}_sum"] = parts.get(f"{name}_sum", 0.0) + float(getattr(terms, name))
-            parts["loss_sum"] = parts.get("loss_sum", 0.0) + float(terms.loss.detach())
-        return loss, parts
+    @torch.no_grad()
+    def _recompute_old(
+        self, updates: Sequence[UpdatePlan], fallback: Sequence[TrainGroup]
+    ) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
+        """The current policy's log-probs of every group, by group identity, from forward passes
+        over the updates' own micro-batches (every rank runs as many as the others), and the
+        mismatch sums against the engine's log-probs."""
+        self.model.eval()
+        old: dict[int, torch.Tensor] = {}
+        sums: dict[str, float] = {}
+        for update in updates:
+            for index in range(update.num_microbatches):
+                active = index < len(update.microbatches)
+                groups = update.microbatches[index] if active else fallback
+                packed, vision = [self._pack(g) for g in groups], [self._vision(g) for g in groups]
+                outputs = self._logprobs(self.model, packed, vision, with_entropy=False)
+                if all(v is None for v in vision):
+                    dummy_vision_pass(self.model)
+                if not active:
+                    continue
+                for group, out in zip(groups, outputs, strict=True):
+                    old[id(group)] = out.logprobs
+                    engine = rollout_logprobs(group, out.logprobs)
+                    if engine is not None:
+                        add_mismatch(sums, out.logprobs, engine, out.mask, self.cfg.loss.rollout_is_cap)
+        return old, sums
 
-    def _sft_loss(
-        self, outputs: list[ResponseLogprobs], totals: StepTotals
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy of the reference responses, averaged over all their tokens in the step."""
-        nll = sum(-(out.logprobs * out.mask).sum() for out in outputs) / max(totals.response_tokens, 1)
-        entropy = sum((out.entropies * out.mask).sum() for out in outputs if out.entropies is not None)
-        entropy = float(entropy) / max(totals.response_tokens, 1)
-        return nll, {"loss_sum": float(nll.detach()), "entropy_sum": entropy}
-
-    def _old_logprobs(self, group: TrainGroup, out: ResponseLogprobs) -> torch.Tensor:
-        if self.cfg.old_logprobs == "recompute" or group.old_logprobs is None:
-            return out.logprobs.detach()
-        old = torch.zeros_like(out.logprobs)
-        for row, values in enumerate(group.old_logprobs):
-            old[row, : len(values)] = torch.as_tensor(values, dtype=old.dtype)
-        return old
+    def _kept_totals(self, update: UpdatePlan, old: dict[int, torch.Tensor]) -> StepTotals:
+        """The update's loss denominators over the tokens rejection sampling keeps, summed over
+        ranks (rejected tokens leave the loss and its counts alike)."""
+        if self.cfg.loss.rollout_rejection == "none":
+            return update.totals
+        counts = torch.zeros(2, dtype=torch.float64)
+        for microbatch in update.microbatches:
+            for group in microbatch:
+                logprobs = old[id(group)]
+                lengths = torch.tensor([len(r) for r in group.responses])
+                mask = torch.arange(logprobs.shape[1])[None, :] < lengths[:, None]
+                out = ResponseLogprobs(logprobs.cpu(), None, mask)
+                kept = kept_mask(out, group, logprobs.cpu(), self.cfg.loss)
+                counts += torch.tensor([float(kept.sum()), float(kept.any(-1).sum())], dtype=torch.float64)
+        dist.all_reduce(counts)
+        return StepTotals(response_tokens=int(counts[0]), sequences=int(counts[1]))
 
     @torch.no_grad()
     def _reference_logprobs(
@@ -243,6 +309,7 @@ class LearnerWorker:
             "temperature": self.temperature,
             "with_entropy": with_entropy,
             "chunk_tokens": self.cfg.logprob_chunk_tokens,
+            "banned_ids": self.banned_ids,
         }
         if not self.cfg.shared_prefix:
             return response_logprobs_plain(model, packed, vision, **common)

@@ -1,4 +1,5 @@
-"""The builtin per-sample rewards: format, temporal IoU, option accuracy, glue IoU, box IoU.
+"""The builtin rewards: format, temporal IoU, option accuracy, glue IoU, box IoU (per sample), and
+DAPO's overlong punishment (a batch reward over token lengths, in [-1, 0]).
 
 Each is a pure, TOTAL function `(response, sample, **kwargs) -> float | None`: any string
 (garbage, huge, unicode, nested tags) gives a number in [0, 1] and never an exception;
@@ -46,6 +47,7 @@ from vidrl.data.answers import (
     parse_videochat_glue,
 )
 from vidrl.data.sample import Box, Interval, Sample
+from vidrl.rewards.types import RewardInput
 
 FormatGrammar = Literal[
     "tags",
@@ -214,6 +216,26 @@ def track_iou(response: str, sample: Sample) -> float | None:
         return 0.0
     ious = [box_iou(_clamp_box(p), g) for p, g in zip(boxes, sample.boxes, strict=True)]
     return _unit(sum(ious) / len(ious))
+
+
+def overlong_penalty(batch: list[RewardInput], max_tokens: int, buffer_tokens: int) -> list[float | None]:
+    """DAPO's soft overlong punishment (arXiv 2503.14476), a batch reward over token lengths L:
+    0 while L <= max_tokens - buffer_tokens, then falling linearly to -1 at L = max_tokens, and
+    -1 beyond. None for a response whose length is not known. max_tokens must be the rollout's
+    response limit (RunConfig checks it)."""
+    if buffer_tokens < 1 or max_tokens <= buffer_tokens:
+        raise ValueError(f"need 1 <= buffer_tokens < max_tokens, got {buffer_tokens}, {max_tokens}")
+    start = max_tokens - buffer_tokens
+    out: list[float | None] = []
+    for item in batch:
+        length = item.response_tokens
+        if length is None:
+            out.append(None)
+        elif length <= start:
+            out.append(0.0)
+        else:
+            out.append(max((start - length) / buffer_tokens, -1.0))
+    return out
 
 
 def interval_iou(a: Interval, b: Interval) -> float:

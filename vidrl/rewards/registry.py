@@ -58,7 +58,7 @@ REWARDS: dict[str, RegisteredReward] = {
         builtin.gqa_iou,
         builtin.track_iou,
     )
-}
+} | {builtin.overlong_penalty.__name__: RegisteredReward(builtin.overlong_penalty, per_sample=False)}
 """Every reward a config can name without an import path: builtins and registered ones."""
 
 BUILTIN_REWARDS: frozenset[str] = frozenset(REWARDS)

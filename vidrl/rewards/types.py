@@ -18,10 +18,15 @@ from vidrl.data.sample import Sample
 
 @dataclass(frozen=True, slots=True)
 class RewardInput:
-    """One model response together with the ground truth it is scored against."""
+    """One model response together with the ground truth it is scored against.
+
+    response_tokens: the response's length in tokens as sampled (None where it is not known,
+    e.g. responses read from a file); length rewards such as `overlong_penalty` read it.
+    """
 
     sample: Sample
     response: str
+    response_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

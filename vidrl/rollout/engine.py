@@ -12,12 +12,22 @@ CPU, and weight buckets reach the model as tensors, without serialisation. Facts
 - Pad tokens: `bad_words` set the logits of the image/video pad tokens to -inf at every
   step (a single-token bad word applies everywhere); a logit bias is clamped to -100 and
   would only make them unlikely.
-- Seeds: a per-request `SamplingParams.seed` crashes the CPU sampler under chunked prefill,
-  so the engine's global RNG is seeded instead, once per `generate` call, from (run seed,
-  worker, step); the prefix cache is emptied first, since cached prefixes change the
-  scheduling and with it the order random numbers are drawn in. A step's samples are thus a
-  function of the weights, the prompts, the run seed and the step alone (a restarted or
-  resumed worker reproduces them), not of what the engine did before.
+- Seeds: every request carries its own `SamplingParams.seed` (vidrl.rollout.seeds), the one
+  scheme vLLM honours on both runners: V1 here, Model Runner V2 on GPUs, which ignores torch's
+  generator. On CPU a seeded request used to crash the engine ("CPU Generator does not use
+  offset"): V1's runner rewinds the request's generator by `set_offset` when it discards the
+  token sampled for a partial prefill (`_bookkeeping_sync` in
+  `vllm/v1/worker/gpu_model_runner.py`), and a CPU generator has no offset. A prompt is
+  prefilled in parts only under chunked prefill (or an encoder budget smaller than the step's
+  visual tokens, which cannot happen when whole prompts fit the token budget), so chunked
+  prefill is off on CPU and the step budget is at least max_model_len. The prefix cache is
+  still emptied at each call, so that a step's numbers never depend on what the engine
+  computed before (a restarted worker starts empty).
+- Tensor parallelism and sleep mode: see vidrl.rollout.placement (executors) and
+  `RolloutConfig.sleep_mode`. Weight buckets reach every rank as values through
+  `collective_rpc`: the worker resolves object-store references in its own process first,
+  since vLLM's message queue pickles arguments with plain pickle and a Ray ObjectRef pickled
+  so has no owner in the ranks' processes.
 - Weights: the model's `load_weights` cannot be called directly on CPU (linear weights are
   repacked for oneDNN); the worker's `reload_weights(weights_iterator=...)` can, reached via
   `collective_rpc` and the worker extension below. Hugging Face names (transformers 5:
@@ -42,18 +52,20 @@ import logging
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from vllm import LLM, SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.platforms import current_platform
 
 from vidrl.data.video import Clip
 from vidrl.rollout.config import RolloutConfig
+from vidrl.rollout.placement import cpu_thread_binding, executor_backend
 from vidrl.rollout.prompts import PromptTooLong, fit_prompt, select_frames, video_metadata
 from vidrl.rollout.types import (
     FinishReason,
@@ -75,15 +87,19 @@ TOO_LONG_MESSAGES = (
     "longer than the maximum model length",
     "exceeds the pre-allocated encoder",
 )
+SLEEP_LEVEL = 1
+"""vLLM's level 1 keeps a host copy of the weights, so a generate after sleep without an update
+(evaluation, a refill round) still has them; level 2 would drop them."""
 
 
 @dataclass(frozen=True, slots=True)
 class EnginePrompt:
-    """A prompt with its clip resolved (no object-store references left)."""
+    """A prompt with its clip resolved (no object-store references left) and its group's seed."""
 
     index: int
     prompt: RolloutPrompt
     clip: Clip | None
+    seed: int
 
     @property
     def num_frames(self) -> int:
@@ -93,38 +109,21 @@ class EnginePrompt:
 class BucketLoaderExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`): loads weight buckets in place.
 
-    It runs where the model lives (in this process, or in each tensor-parallel worker), so it
-    receives object-store references and reads the buckets there, as zero-copy views.
+    It runs where the model lives: in this process with one rank, in each rank's process with
+    several, where the buckets arrive as values (never object-store references).
     """
 
-    def load_weight_buckets(self, version: int, buckets: Sequence[Any]) -> int:
-        """Reload every tensor in `buckets` (WeightBuckets or references to them), which
-        must all be of `version`; returns the number of tensors loaded."""
-        resolved = _resolve_buckets(buckets)  # zero-copy views: fetching them all is cheap
-        found = sorted({b.version for b in resolved} - {version})
+    def load_weight_buckets(self, version: int, buckets: Sequence[WeightBucket]) -> int:
+        """Reload every tensor in `buckets`, which must all be of `version`; returns the
+        number of tensors loaded."""
+        found = sorted({b.version for b in buckets} - {version})
         if found:  # before any tensor is loaded, so the old weights stay whole
             raise ValueError(f"weights v{version} requested, buckets of v{found} given")
-        named = [pair for bucket in resolved for pair in unpack_bucket(bucket)]
+        named = [pair for bucket in buckets for pair in unpack_bucket(bucket)]
         # One call for all buckets: the reload finalises (repacks) each layer once it has
         # all of that layer's tensors, which may span buckets.
         self.reload_weights(weights_iterator=iter(named))  # type: ignore[attr-defined]
         return len(named)
-
-
-def _resolve_buckets(items: Sequence[Any]) -> list[WeightBucket]:
-    refs = [item for item in items if not isinstance(item, WeightBucket)]
-    if not refs:
-        return list(items)
-    import ray  # only references need Ray; a plain engine does without it
-
-    fetched = iter(ray.get(refs))
-    return [item if isinstance(item, WeightBucket) else next(fetched) for item in items]
-
-
-def _seed_worker(worker: Any, seed: int) -> None:
-    # Runs inside vLLM's worker; the CPU and GPU samplers draw from torch's default generators.
-    del worker
-    torch.manual_seed(seed)
 
 
 class RolloutEngine:
@@ -133,14 +132,22 @@ class RolloutEngine:
     def __init__(self, cfg: RolloutConfig, model_path: str) -> None:
         # Read when the engine is built: keep the engine core in this process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if current_platform.is_cpu() and cfg.tensor_parallel_size > 1:
+            cores = sorted(os.sched_getaffinity(0))
+            binding = cpu_thread_binding(cores, cfg.tensor_parallel_size)
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", binding)
         self.cfg = cfg
         self.weights_version = 0
         self.llm = LLM(**engine_kwargs(cfg, model_path))
         self.pad_token_ids = self._pad_token_ids()
         self._pad_words = [self._token_text(i) for i in self.pad_token_ids]
+        self.memory_events: deque[str] = deque(maxlen=64)
+        """The engine's last sleep / wake / load / generate calls, each with the sleep state
+        vLLM reports after it (what the colocation order test reads)."""
 
-    def sampling_params(self, sampling: Sampling) -> SamplingParams:
-        """vLLM's parameters for `sampling`, pad tokens banned."""
+    def sampling_params(self, sampling: Sampling, seed: int | None = None) -> SamplingParams:
+        """vLLM's parameters for `sampling`, pad tokens banned; `seed` fixes the group's
+        samples (sample i uses seed + i)."""
         return SamplingParams(
             n=sampling.samples_per_prompt,
             temperature=sampling.temperature,
@@ -150,6 +157,7 @@ class RolloutEngine:
             include_stop_str_in_output=True,  # "</answer>" must stay for the format reward
             logprobs=0,  # the sampled token's log-prob only
             bad_words=list(self._pad_words),
+            seed=seed,
         )
 
     def _pad_token_ids(self) -> tuple[int, ...]:
@@ -166,18 +174,19 @@ class RolloutEngine:
             raise ValueError(f"pad token {token_id} ({text!r}) does not tokenize to itself")
         return text
 
-    def generate(self, items: list[EnginePrompt], sampling: Sampling, seed: int) -> WorkerOutput:
+    def generate(self, items: list[EnginePrompt], sampling: Sampling) -> WorkerOutput:
         """One group per prompt that fits; the others skipped with a reason (and logged)."""
         start = time.perf_counter()
-        params = self.sampling_params(sampling)
+        self._wake(None)  # a generate without an update since the last sleep
+        self._record("generate")
         self.llm.reset_prefix_cache()
-        self.llm.collective_rpc(_seed_worker, args=(seed,))
         pending: list[tuple[str, EnginePrompt, np.ndarray]] = []
         skipped: list[SkippedPrompt] = []
         for item in items:
+            params = self.sampling_params(sampling, item.seed)
             outcome = fit_prompt(
                 item.num_frames,
-                lambda kept, item=item: self._add(item, kept, params),
+                lambda kept, item=item, params=params: self._add(item, kept, params),
                 self.cfg.on_too_long,
             )
             if isinstance(outcome, str):
@@ -191,6 +200,8 @@ class RolloutEngine:
         groups = [self._group(item, kept, out) for item, kept, out in _paired(pending, finished)]
         groups.sort(key=lambda g: g.prompt_index)
         reduced = sum(kept.size < item.num_frames for _, item, kept in pending)
+        if self.cfg.sleep_mode:
+            self._sleep()
         seconds = time.perf_counter() - start
         return WorkerOutput(tuple(groups), tuple(skipped), reduced, seconds, self.weights_version)
 
@@ -233,15 +244,51 @@ class RolloutEngine:
         reason = _finish_reason(out.finish_reason)
         return Response(token_ids, logprobs, out.text, reason, self.weights_version)
 
-    def load_weights(self, version: int, buckets: Sequence[Any]) -> int:
-        """Load `buckets` (WeightBuckets or references) in place as `version`; reset the caches
-        that hold results of the old weights. Returns the number of tensors loaded."""
+    def load_weights(self, version: int, buckets: Sequence[WeightBucket]) -> int:
+        """Load `buckets` in place as `version`; reset the caches that hold results of the
+        old weights. Asleep, only the weights wake for the load, then the KV cache (the
+        learner's memory is still in use until then). Returns the number of tensors loaded."""
+        self._wake(["weights"])
         (count, *_) = self.llm.collective_rpc("load_weight_buckets", args=(version, list(buckets)))
+        self._record(f"load v{version}")
+        self._wake(["kv_cache"])
         self.llm.llm_engine.reset_encoder_cache()
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("the prefix cache could not be reset after a weight update")
         self.weights_version = version
         return int(count)
+
+    def sleep(self) -> None:
+        """Free the engine's GPU memory until the next call (with cfg.sleep_mode)."""
+        if self.cfg.sleep_mode and not self._sleeping_tags():
+            self._sleep()
+
+    def _sleep(self) -> None:
+        # The encoder cache's tensors lie outside the memory sleep frees (EasyR1 leaked GPU
+        # memory through it); the next call recomputes what it needs.
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.sleep(level=SLEEP_LEVEL)
+        self._record(f"sleep({SLEEP_LEVEL})")
+
+    def _wake(self, tags: list[str] | None) -> None:
+        """Wake `tags` (None: all) of an engine that sleeps; nothing when it is awake."""
+        asleep = self._sleeping_tags()
+        wanted = asleep if tags is None else asleep & set(tags)
+        if wanted:
+            self.llm.wake_up(sorted(wanted))
+            self._record(f"wake_up({','.join(sorted(wanted))})")
+
+    def _sleeping_tags(self) -> set[str]:
+        # The in-process engine core's executor (VLLM_ENABLE_V1_MULTIPROCESSING=0) tracks which
+        # allocations sleep; vllm-cpu's workers ignore sleep but the executor still tracks it.
+        executor = self.llm.llm_engine.engine_core.engine_core.model_executor
+        return set(executor.sleeping_tags)
+
+    def _record(self, call: str) -> None:
+        asleep = self._sleeping_tags()
+        state = f"asleep: {','.join(sorted(asleep))}" if asleep else "awake"
+        paused = " (paused)" if self.llm.llm_engine.is_sleeping() else ""
+        self.memory_events.append(f"{call} -> {state}{paused}")
 
 
 def _paired(
@@ -271,17 +318,28 @@ def engine_kwargs(cfg: RolloutConfig, model_path: str) -> dict[str, Any]:
     size = None
     if cfg.min_pixels_per_frame is not None and cfg.max_pixels_per_frame is not None:
         size = {"shortest_edge": cfg.min_pixels_per_frame, "longest_edge": cfg.max_pixels_per_frame}
+    on_cpu = current_platform.is_cpu()
+    batched = cfg.max_batched_tokens
+    if on_cpu and batched is not None:  # no chunked prefill there: a whole prompt fits a step
+        batched = max(batched, cfg.max_model_len)
     return {
         "model": model_path,
         "dtype": cfg.dtype,
         "seed": cfg.seed,
         "max_model_len": cfg.max_model_len,
-        "max_num_batched_tokens": cfg.max_batched_tokens,
+        "max_num_batched_tokens": batched,
+        # Off on CPU: no partial prefills, so seeded requests never rewind a CPU generator
+        # (module docstring). vLLM warns that this is not officially supported; the pool
+        # tests compare log-probs and greedy output with transformers under it.
+        "enable_chunked_prefill": False if on_cpu else None,
         "tensor_parallel_size": cfg.tensor_parallel_size,
+        "distributed_executor_backend": executor_backend(cfg.tensor_parallel_size, on_cpu),
         "enforce_eager": cfg.enforce_eager,
         "enable_prefix_caching": cfg.enable_prefix_caching,
         "kv_cache_memory_bytes": cfg.kv_cache_bytes,
         "gpu_memory_utilization": cfg.gpu_memory_fraction,
+        # vllm-cpu refuses the flag ("Sleep mode is not supported"), yet takes sleep calls.
+        "enable_sleep_mode": cfg.sleep_mode and current_platform.is_sleep_mode_available(),
         "logprobs_mode": "processed_logprobs",
         "limit_mm_per_prompt": {"video": 1, "image": 0},
         "mm_processor_kwargs": None if size is None else {"size": size},

@@ -1,10 +1,13 @@
 """The rollout pool: several workers behind one `generate` and one `update_weights`.
 
-`generate(prompts, step)` spreads the prompts over the workers by estimated cost (longest
-first onto the least loaded worker), runs every share at once, and returns the groups in
-prompt order with the step's metrics. Before it runs, the workers' weight versions are
-compared with each other and with the last published one: a disagreement raises
-`WeightsVersionMismatch` instead of mixing policies.
+`generate(prompts, step, refill_round=r)` spreads the prompts over the workers by estimated
+cost (longest first onto the least loaded worker), runs every share at once, and returns the
+groups in prompt order with the step's metrics. Each prompt's group is sampled with a seed of
+its own, from (run seed, sample id, step, refill round) (vidrl.rollout.seeds): the samples do
+not depend on the worker a prompt lands on, and a restarted worker or a resumed run
+reproduces them. Before it runs, the workers' weight versions are compared with each other
+and with the last published one: a disagreement raises `WeightsVersionMismatch` instead of
+mixing policies.
 
 `update_weights(version, bucket_refs)` has every worker load the buckets in place. The pool
 keeps the last published references (which keeps those buckets in the object store) so that
@@ -32,7 +35,9 @@ import ray
 from ray.exceptions import RayError
 
 from vidrl.rollout.config import RolloutConfig
+from vidrl.rollout.placement import WorkerPlacement, worker_options
 from vidrl.rollout.prompts import estimate_prompt_tokens
+from vidrl.rollout.seeds import call_seeds
 from vidrl.rollout.types import (
     RolloutBatch,
     RolloutGroup,
@@ -40,6 +45,7 @@ from vidrl.rollout.types import (
     RolloutPrompt,
     RolloutWorkerError,
     Sampling,
+    SeededPrompt,
     UpdateMetrics,
     WeightsVersionMismatch,
     WorkerFailure,
@@ -69,19 +75,13 @@ class RolloutPool:
         self,
         cfg: RolloutConfig,
         model_path: str,
-        scheduling: Sequence[Any] | None = None,
+        scheduling: Sequence[WorkerPlacement] | None = None,
     ) -> None:
-        """scheduling: one Ray scheduling strategy per worker (placement-group bundles or node
-        pins, from vidrl.cluster); None lets Ray place the workers."""
+        """scheduling: where each worker runs (placement-group bundles or node pins, from
+        vidrl.cluster); None lets Ray place the workers."""
         self.cfg = cfg
         self.model_path = model_path
         self._scheduling = list(scheduling) if scheduling is not None else None
-        self._options: dict[str, Any] = {
-            "num_cpus": cfg.cpus_per_worker,
-            "num_gpus": cfg.gpus_per_worker,
-            # Read by vLLM when the engine is built; set for the whole actor process too.
-            "runtime_env": {"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
-        }
         self._actor = ray.remote(RolloutWorker)
         # Held while calls are submitted (never while engines run): see "Threads" above.
         self._lock = threading.RLock()
@@ -104,27 +104,32 @@ class RolloutPool:
         return 0 if self._published is None else self._published[0]
 
     def _start(self, index: int) -> Any:
-        options = dict(self._options)
-        if self._scheduling is not None:
-            options["scheduling_strategy"] = self._scheduling[index]
-        return self._actor.options(**options).remote(self.cfg, self.model_path, index)
+        placement = None if self._scheduling is None else self._scheduling[index]
+        options = worker_options(self.cfg, placement)
+        return self._actor.options(**options).remote(self.cfg, self.model_path)
 
     def generate(
-        self, prompts: Sequence[RolloutPrompt], step: int, sampling: Sampling | None = None
+        self,
+        prompts: Sequence[RolloutPrompt],
+        step: int,
+        sampling: Sampling | None = None,
+        refill_round: int = 0,
     ) -> RolloutBatch:
-        """A group of responses for each prompt, sampled with the seed of `step`, as
-        `sampling` says (default: the config's)."""
+        """A group of responses for each prompt, as `sampling` says (default: the config's),
+        with the seeds of (`step`, `refill_round`): refill rounds of one step get other
+        streams than its first draw."""
         start = time.perf_counter()
         sampling = sampling or self.cfg.sampling
         budget = sampling.samples_per_prompt * sampling.max_response_tokens
         # Every prompt may cost a full response budget on top of its own tokens.
         costs = [estimate_prompt_tokens(p) + budget for p in prompts]
         shares = spread_prompts(costs, len(self._workers))
+        seeds = call_seeds(self.cfg.seed, [p.sample_id for p in prompts], step, refill_round)
         busy = [w for w, share in enumerate(shares) if share]
         failures: list[WorkerFailure] = []
 
         def share_of(w: int) -> tuple[Any, ...]:
-            return [(i, prompts[i]) for i in shares[w]], sampling, step
+            return [SeededPrompt(i, prompts[i], seeds[i]) for i in shares[w]], sampling
 
         with self._lock:  # no update may slip between the check and the calls
             version = self._checked_version(failures)
@@ -163,6 +168,12 @@ class RolloutPool:
         worker_seconds = self._gather(calls, "update_weights", lambda w: published, failures)
         seconds = time.perf_counter() - start
         return UpdateMetrics(version, seconds, max(worker_seconds, default=0.0), len(failures))
+
+    def sleep(self) -> None:
+        """Free the engines' GPU memory now (with `cfg.sleep_mode`; otherwise nothing): the
+        learner is about to load next to them. The next call wakes them itself."""
+        everyone = list(range(len(self._workers)))
+        self._gather(self._submit(everyone, "sleep", lambda w: ()), "sleep", lambda w: (), [])
 
     def _submit(
         self, indices: Sequence[int], method: str, args: Callable[[int], tuple[Any, ...]]

@@ -63,6 +63,16 @@ class RolloutPrompt:
 
 
 @dataclass(frozen=True, slots=True)
+class SeededPrompt:
+    """A prompt as the pool hands it to a worker (pool-internal): its position in the call and
+    the seed its group is sampled with (vidrl.rollout.seeds)."""
+
+    index: int
+    prompt: RolloutPrompt
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
 class Response:
     """One sampled response.
 
