@@ -119,6 +119,21 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vidrl.learner.lora import ADAPTER_CONFIG, export_merged
+
+    source = Path(args.source)
+    if not (source / ADAPTER_CONFIG).exists():
+        found = sorted(source.glob("checkpoints/step_*/adapter"))
+        if not found:
+            print(f"vidrl export: {source} is neither an adapter folder nor a LoRA run with checkpoints")
+            return 2
+        source = found[-1]
+    out = export_merged(source, Path(args.merge), args.base)
+    print(f"merged {source} into {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from vidrl.evaluation.compare import compare_runs
 
@@ -209,9 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="repeated inference, then keep the samples whose rewards vary")
     p.add_argument("config", help="run config YAML (selection.* sets K and the policy)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. selection.repeats=16")
-    p.add_argument("--model", default=None, help="model to sample from (default: model_path)")
+    p.add_argument(
+        "--model", default=None, help="model or LoRA adapter folder to sample from (default: model_path)"
+    )
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/selection)")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("export", help="merge a LoRA run's adapter into its base: a Hugging Face model folder")
+    p.add_argument("source", help="a run directory (its latest checkpoint's adapter) or an adapter folder")
+    p.add_argument("--merge", required=True, metavar="OUT", help="folder to write the merged model to")
+    p.add_argument("--base", default=None, help="base model folder (default: the adapter config's)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="PNGs of reward, length, KL/clip and phase times of a run")
     p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
@@ -224,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         metavar="[NAME=]PATH",
-        help="Hugging Face model folder (default: model_path); repeat to evaluate several with one pool",
+        help="Hugging Face model folder or LoRA adapter folder (default: model_path); repeat to "
+        "evaluate several with one pool",
     )
     p.add_argument("--data", default=None, help="evaluation data (default: data.eval_path)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval)")

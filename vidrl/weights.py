@@ -40,11 +40,14 @@ class WeightBucket:
     """Part of a state dict for weights version `version`.
 
     buffer: uint8 [total_bytes], the tensors' bytes at their entries' offsets.
+    adapter_config: None for model weights; for a LoRA adapter (its tensors under PEFT's names),
+        its adapter_config.json text, which the engine needs to load it as an adapter.
     """
 
     version: int
     entries: tuple[TensorEntry, ...]
     buffer: np.ndarray
+    adapter_config: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -55,7 +58,9 @@ def _aligned(offset: int) -> int:
     return (offset + ALIGN_BYTES - 1) // ALIGN_BYTES * ALIGN_BYTES
 
 
-def pack_bucket(version: int, tensors: Iterable[tuple[str, torch.Tensor]]) -> WeightBucket:
+def pack_bucket(
+    version: int, tensors: Iterable[tuple[str, torch.Tensor]], adapter_config: str | None = None
+) -> WeightBucket:
     """Copy tensors (any device, any dtype) into one bucket; one copy, to host memory."""
     named = [(name, t.detach()) for name, t in tensors]
     entries: list[TensorEntry] = []
@@ -71,7 +76,7 @@ def pack_bucket(version: int, tensors: Iterable[tuple[str, torch.Tensor]]) -> We
         if entry.nbytes:
             raw = t.contiguous().reshape(-1).view(torch.uint8)
             flat[entry.offset : entry.offset + entry.nbytes].copy_(raw)
-    return WeightBucket(version=version, entries=tuple(entries), buffer=buffer)
+    return WeightBucket(version=version, entries=tuple(entries), buffer=buffer, adapter_config=adapter_config)
 
 
 def unpack_bucket(bucket: WeightBucket) -> Iterator[tuple[str, torch.Tensor]]:

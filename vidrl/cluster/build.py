@@ -180,6 +180,8 @@ def start_actors(cfg: RunConfig, path: str, placement: Placement) -> tuple[Any, 
     from vidrl.rollout.pool import RolloutPool
 
     rollout_cfg = placed_rollout_config(cfg)
+    if cfg.learner.lora is not None:  # the engines take the adapters the learner trains
+        rollout_cfg = rollout_cfg.model_copy(update={"lora_rank": cfg.learner.lora.rank})
 
     def learner_group() -> Any:
         return LearnerGroup(

@@ -32,6 +32,7 @@ from vidrl.cluster.evaluate import (
     variant_name,
 )
 from vidrl.cluster.inputs import LearnerInputs
+from vidrl.cluster.models import ModelRef, model_ref, serve, serving_config
 from vidrl.config import RunConfig
 from vidrl.data.prompts import PromptConfig
 from vidrl.data.readers import load_samples
@@ -69,21 +70,6 @@ def load_eval_set(cfg: RunConfig, data_path: str | None) -> tuple[list[Sample], 
     return load_samples(path, cfg.data, skips), skips
 
 
-def hf_weight_refs(folder: str | Path, version: int) -> list[Any]:
-    """The weights of a Hugging Face folder (*.safetensors) as weight buckets in the object
-    store, ready for `RolloutPool.update_weights(version, refs)`."""
-    import ray
-    from safetensors.torch import load_file
-
-    from vidrl.weights import pack_bucket, split_into_buckets
-
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors weights")
-    tensors = ((name, t) for file in files for name, t in load_file(str(file)).items())
-    return [ray.put(pack_bucket(version, group)) for group in split_into_buckets(tensors)]
-
-
 def evaluate_models(
     cfg: RunConfig,
     models: Mapping[str, str],
@@ -92,27 +78,30 @@ def evaluate_models(
     parse: str = "tags",
 ) -> dict[str, dict[str, EvalResult]]:
     """Model name -> variant -> result, for checkpoints that share one architecture and
-    processor (the first model's). Ray must be initialised (see `run_eval`)."""
+    processor (the first model's base); each path a model folder or a LoRA adapter folder.
+    Ray must be initialised (see `run_eval`)."""
     from vidrl.rollout.pool import RolloutPool
 
-    paths = list(models.values())
+    refs = {name: model_ref(path) for name, path in models.items()}
+    first = next(iter(refs.values()))
     prompts: dict[str, PromptConfig] = {n: c.prompt for n, c in variant_configs(cfg, variants).items()}
-    rollout = cfg.rollout
+    rollout = serving_config(cfg.rollout, list(refs.values()))
     inputs = LearnerInputs(
-        paths[0], cfg.video, cfg.prompt, rollout.min_pixels_per_frame, rollout.max_pixels_per_frame
+        first.base, cfg.video, cfg.prompt, rollout.min_pixels_per_frame, rollout.max_pixels_per_frame
     )
     skips = SkipLog(max_skipped_fraction=1.0)
     decoded = decode_eval_set(inputs, samples, skips)
-    pool = RolloutPool(rollout, paths[0])
+    pool = RolloutPool(rollout, first.base)
+    engines = ModelRef(first.base)
     results: dict[str, dict[str, EvalResult]] = {}
     try:
-        for version, (name, path) in enumerate(models.items()):
-            if version:  # the engines hold the previous model: load this one in place
-                pool.update_weights(version, hf_weight_refs(path, version))
+        for version, (name, ref) in enumerate(refs.items()):
+            # The engines hold the previous model: this one's weights (or adapter) go in place.
+            engines = serve(pool, ref, version, engines)
             results[name] = evaluate_variants(
                 pool, inputs, decoded, prompts, greedy_sampling(rollout), parse, skips
             )
-            log.info("evaluated %s (%s)", name, path)
+            log.info("evaluated %s (%s)", name, models[name])
     finally:
         pool.shutdown()
     return results

@@ -56,5 +56,9 @@ def run_sft(cfg: RunConfig, folder: Path) -> Path:
     finally:
         learner.shutdown()
         sink.close()
+    if cfg.learner.lora is not None:  # GRPO starts a fresh adapter on the warm start: merge this one
+        from vidrl.learner.lora import export_merged
+
+        export_merged(folder / "adapter", folder / "hf")
     log.info("SFT warm start: %d steps, model in %s", cfg.trainer.sft_steps, folder / "hf")
     return folder / "hf"

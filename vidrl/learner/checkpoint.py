@@ -4,6 +4,8 @@
       hf/                       the model in Hugging Face format (safetensors + the model
                                 folder's config, tokenizer and processor files): loadable by
                                 transformers and vLLM
+      adapter/                  instead of hf/ under LoRA: the adapter in PEFT's format
+                                (adapter_model.safetensors + adapter_config.json naming its base)
       state/                    model and optimizer shards, written by torch.distributed.checkpoint
                                 through its Hugging Face storage (safetensors, one file per rank)
       trainer_state.json        step, scheduler, learning rates, the caller's extra state
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from vidrl.learner.worker import LearnerWorker
 
 MODEL_FOLDER_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
+ADAPTER_FOLDER = "adapter"
 
 
 def save_checkpoint(worker: LearnerWorker, path: str, extra_state: dict[str, Any]) -> None:
@@ -36,7 +39,10 @@ def save_checkpoint(worker: LearnerWorker, path: str, extra_state: dict[str, Any
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
     root = Path(path)
-    _save_hf_model(worker, root / "hf")
+    if worker.cfg.lora is None:
+        _save_hf_model(worker, root / "hf")
+    else:
+        _save_adapter(worker, root / ADAPTER_FOLDER)
     state = _tensor_state(worker)
     dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(root / "state"), save_distributed=True))
     rng = torch.get_rng_state().tolist()
@@ -62,7 +68,8 @@ def load_checkpoint(worker: LearnerWorker, path: str) -> dict[str, Any]:
     dcp.load(state, storage_reader=HuggingFaceStorageReader(str(root / "state")))
     model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     optim_state = {k.removeprefix("optim."): v for k, v in state.items() if k.startswith("optim.")}
-    options = StateDictOptions(flatten_optimizer_state_dict=True)
+    # Under LoRA only the adapters are saved (the base comes from the model folder).
+    options = StateDictOptions(flatten_optimizer_state_dict=True, strict=worker.cfg.lora is None)
     full_optim = _optimizer_flat_state(worker) | optim_state
     set_state_dict(
         worker.model,
@@ -85,7 +92,12 @@ def _tensor_state(worker: LearnerWorker) -> dict[str, torch.Tensor]:
     """Model and flattened optimizer state, tensors only, keys prefixed model./optim."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    model = {f"model.{k}": v for k, v in get_model_state_dict(worker.model).items()}
+    from vidrl.learner.lora import is_adapter
+
+    lora = worker.cfg.lora is not None
+    model = {
+        f"model.{k}": v for k, v in get_model_state_dict(worker.model).items() if not lora or is_adapter(k)
+    }
     optim = {f"optim.{k}": v for k, v in _optimizer_flat_state(worker).items() if isinstance(v, torch.Tensor)}
     return model | optim
 
@@ -127,7 +139,27 @@ def _save_hf_model(worker: LearnerWorker, folder: Path) -> None:
         seen.add(tensor.data_ptr())
         tensors[name] = tensor.contiguous()
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    source = Path(worker.model_path)
+    copy_model_files(Path(worker.model_path), folder)
+
+
+def _save_adapter(worker: LearnerWorker, folder: Path) -> None:
+    """The LoRA adapter gathered on rank 0, written in PEFT's format; its config names the base
+    model folder (tokenizer and processor come from there)."""
+    from vidrl.learner.lora import is_adapter, peft_tensors, write_adapter
+
+    gathered = []
+    for name, param in worker.model.named_parameters():
+        if is_adapter(name):
+            full = param.detach().full_tensor() if hasattr(param, "full_tensor") else param.detach()
+            gathered.append((name, full.cpu()))
+    if worker.rank != 0:
+        return
+    assert worker.cfg.lora is not None
+    write_adapter(folder, dict(peft_tensors(gathered)), worker.cfg.lora, worker.model_path)
+
+
+def copy_model_files(source: Path, folder: Path) -> None:
+    """The model folder's config, tokenizer, processor and template files (not its weights)."""
     for pattern in MODEL_FOLDER_FILES:
         for file in source.glob(pattern):
             if file.name != "model.safetensors.index.json":

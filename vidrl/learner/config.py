@@ -10,6 +10,29 @@ from vidrl.configbase import StrictConfig
 from vidrl.learner.loss_config import LossConfig
 
 
+class LoraSettings(StrictConfig):
+    """LoRA adapters on the language model; only they are trained and pushed to the engines."""
+
+    rank: int = Field(16, ge=1)
+    """r: the rank of each adapter (the engine is started with max_lora_rank = this)."""
+    alpha: float = Field(32.0, gt=0)
+    """lora_alpha: the update is scaled by alpha / rank."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter's input while training."""
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    """Module names (last path component) that get an adapter."""
+    train_vision: bool = False
+    """Also put adapters into the vision tower (vLLM's LoRA applies to the language model only)."""
+
+
 class LearnerConfig(StrictConfig):
     num_ranks: int = Field(2, ge=1)
     """torch.distributed ranks (Ray actors) that shard the policy with FSDP2."""
@@ -65,6 +88,9 @@ class LearnerConfig(StrictConfig):
     """Attention kernel: auto = flash-attn 2 on GPUs where installed and compute is bf16, else SDPA."""
     loss: LossConfig = LossConfig()
     """The GRPO objective: advantages, clipping, KL, entropy, aggregation."""
+    lora: LoraSettings | None = None
+    """LoRA instead of full fine-tuning (null): adapters only are trained, pushed and saved; the
+    reference policy is the base model with the adapters switched off (no second copy)."""
 
     @model_validator(mode="after")
     def _corrections_need_the_learners_old_policy(self) -> LearnerConfig:

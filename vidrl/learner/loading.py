@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -76,16 +76,19 @@ def _owner(model: nn.Module, buffer_name: str) -> nn.Module:
     return model.get_submodule(path) if path else model
 
 
-def load_shards(model: nn.Module, model_path: str, names: dict[str, str]) -> int:
+def load_shards(
+    model: nn.Module, model_path: str, names: dict[str, str], fresh: Callable[[str], bool] | None = None
+) -> int:
     """Copy each parameter's local rows from the checkpoint's safetensors; returns bytes read.
 
     Works on FSDP2-sharded parameters (DTensors sharded on dim 0) and on plain ones (a single
     process reads whole tensors). `names` is `checkpoint_names` of the model before it was
-    sharded. Missing parameters are an error that lists them.
+    sharded. Missing parameters are an error that lists them, except those `fresh` names
+    (parameters the caller initialises, e.g. new LoRA adapters).
     """
     files = checkpoint_files(Path(model_path))
     params = dict(model.named_parameters())
-    missing = sorted(set(params) - set(names.values()))
+    missing = sorted(n for n in set(params) - set(names.values()) if fresh is None or not fresh(n))
     if missing:
         shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
         raise ValueError(

