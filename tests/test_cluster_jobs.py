@@ -43,7 +43,7 @@ HEAD_READY_LINE = "Ray runtime started."
 HEAD_START_TIMEOUT_SECONDS = 180
 JOB_TIMEOUT_SECONDS = 480
 STOP_TIMEOUT_SECONDS = 90
-SUBMIT_ATTEMPTS = 5
+SUBMIT_ATTEMPTS = 30  # each a real submit (a second or two); the agent can take a minute under load
 MAX_UPLOAD_BYTES = 50 * 2**20
 """The repo without its ignored paths is a few MB; with .venv it would be GBs."""
 

@@ -65,6 +65,11 @@ def config(assets: dict[str, Path], steps: int) -> object:
     )
 
 
+def prompts_drawn(sampler_state: dict[str, int]) -> int:
+    """Prompts the sampler has handed out: whole epochs plus the position in the current one."""
+    return sampler_state["epoch"] * sampler_state["num_samples"] + sampler_state["position"]
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -94,7 +99,7 @@ def test_train_then_resume(assets: dict[str, Path]) -> None:
     assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").exists()  # every 2 steps
     mid = json.loads((run_dir / "checkpoints" / "step_000002" / "trainer_state.json").read_text())["extra"]
     # step 2 was already drawn (staleness 1) but is not counted: the resumed run draws it again
-    assert mid["sampler"]["position"] == sum(r["groups/drawn"] for r in rows[:2])
+    assert prompts_drawn(mid["sampler"]) == sum(r["groups/drawn"] for r in rows[:2])
     assert mid["gate"] == {
         "groups_seen": int(rows[1]["gate/groups_seen"]),
         "groups_kept": int(rows[1]["gate/groups_kept"]),
@@ -102,7 +107,7 @@ def test_train_then_resume(assets: dict[str, Path]) -> None:
     assert (run_dir / "checkpoints" / "step_000003" / "hf" / "model.safetensors").exists()  # final
     assert (run_dir / "sft" / "hf" / "config.json").exists() and any((run_dir / "tb").iterdir())
     state = json.loads((run_dir / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
-    assert state["extra"]["sampler"]["position"] == sum(r["groups/drawn"] for r in rows)  # none replayed
+    assert prompts_drawn(state["extra"]["sampler"]) == sum(r["groups/drawn"] for r in rows)  # none replayed
     assert len(plot_run(run_dir)) == 4
 
     resumed = train(config(assets, steps=5))  # type: ignore[arg-type]
@@ -115,7 +120,7 @@ def test_train_then_resume(assets: dict[str, Path]) -> None:
         seen, kept = seen + row["groups/generated"], kept + row["groups/kept"]
         assert (row["gate/groups_seen"], row["gate/groups_kept"]) == (seen, kept)
     state = json.loads((run_dir / "checkpoints" / "step_000005" / "trainer_state.json").read_text())
-    assert state["extra"]["sampler"]["position"] == sum(r["groups/drawn"] for r in rows)
+    assert prompts_drawn(state["extra"]["sampler"]) == sum(r["groups/drawn"] for r in rows)
 
 
 def test_a_rollout_worker_killed_mid_run_is_restarted(assets: dict[str, Path]) -> None:
@@ -191,4 +196,4 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(assets: dict[str, Path
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # no step logged twice, none missing
     state = json.loads((run_dir / "checkpoints" / "step_000004" / "trainer_state.json").read_text())
-    assert state["extra"]["sampler"]["position"] == 8  # 4 steps x 2 prompts: no replay, no skip
+    assert prompts_drawn(state["extra"]["sampler"]) == 8  # 4 steps x 2 prompts: no replay, no skip
