@@ -69,6 +69,16 @@ def test_weights_and_buffers_equal_from_pretrained(model_dir: Path) -> None:
     assert_same_as_from_pretrained(load_sharded(model_dir), model_dir)
 
 
+def test_tied_embeddings_load_once_for_both_ends(tmp_path: Path) -> None:
+    """Qwen2.5-VL-3B ties the output head to the input embedding: one tensor in the checkpoint."""
+    from vidrl.data.tiny import TinyQwenShape
+
+    tied = build_tiny_model(tmp_path / "tied", seed=1, shape=TinyQwenShape(tie_word_embeddings=True))
+    model = load_sharded(tied)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert_same_as_from_pretrained(model, tied)
+
+
 def test_module_tree_names_index_files_and_bf16_checkpoints(model_dir: Path, tmp_path: Path) -> None:
     """A checkpoint under the module tree's own names, split over two files with an index, in bf16."""
     import shutil
