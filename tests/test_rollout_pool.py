@@ -27,6 +27,7 @@ from vidrl.data.prompts import PromptConfig  # noqa: E402
 from vidrl.data.sample import Sample  # noqa: E402
 from vidrl.data.tiny import build_tiny_model  # noqa: E402
 from vidrl.data.video import Clip  # noqa: E402
+from vidrl.models import family_of  # noqa: E402
 from vidrl.rollout.config import RolloutConfig  # noqa: E402
 from vidrl.rollout.pool import RolloutPool  # noqa: E402
 from vidrl.rollout.prompts import build_rollout_prompt, video_metadata  # noqa: E402
@@ -127,11 +128,16 @@ def hf_inputs(processor: Any, prompt: RolloutPrompt) -> dict[str, Any]:
     return dict(processor(text=[prompt.text], return_tensors="pt", **kwargs))
 
 
+def placeholders(model: Any) -> list[int]:
+    """The vision placeholders the engine bans (image/video pads, vision start/end)."""
+    return list(family_of(model.config).placeholder_token_ids(model.config))
+
+
 def hf_greedy(model: Any, processor: Any, prompt: RolloutPrompt) -> list[int]:
     inputs = hf_inputs(processor, prompt)
-    pads = [[model.config.image_token_id], [model.config.video_token_id]]
+    banned = [[i] for i in placeholders(model)]
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, bad_words_ids=pads)
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False, bad_words_ids=banned)
     return out[0, inputs["input_ids"].shape[1] :].tolist()
 
 
@@ -181,7 +187,7 @@ def test_logprobs_are_the_sampling_distribution_of_transformers(
     pool.update_weights(2, publish(2, hf[0]))
     batch = pool.generate(prompts[:2], step=1)
     model = hf[0]
-    pads = [model.config.image_token_id, model.config.video_token_id]
+    banned = placeholders(model)
     for group, prompt in zip(batch.groups, prompts[:2], strict=True):
         inputs = hf_inputs(processor, prompt)
         # The learner must see the prompt exactly as the engine did.
@@ -198,7 +204,7 @@ def test_logprobs_are_the_sampling_distribution_of_transformers(
                 logits = model(**batch_inputs).logits[0, group.prompt_token_ids.size - 1 : -1]
             # Old log-probs = log_softmax(logits / T) over the tokens that may be sampled.
             logits = logits / CFG.temperature
-            logits[:, pads] = -math.inf
+            logits[:, banned] = -math.inf
             expected = torch.log_softmax(logits, -1).gather(1, ids[0, -r.token_ids.size :, None])
             np.testing.assert_allclose(r.logprobs, expected[:, 0].numpy(), atol=2e-4)
 
@@ -227,11 +233,12 @@ def test_pad_tokens_are_never_sampled(
     pool.update_weights(3, publish(3, loving))
     batch = pool.generate(prompts, step=2)
     sampled = np.concatenate([r.token_ids for g in batch.groups for r in g.responses])
-    assert not np.isin(sampled, pads).any()
-    # Banned, the other V - 2 tokens tie: each has log-prob -ln(V - 2) = -ln(499) = -6.2126.
+    assert not np.isin(sampled, placeholders(hf[0])).any()
+    # Banned with vision start/end, the other V - 4 tokens tie: each has log-prob
+    # -ln(V - 4) = -ln(497) = -6.2086.
     vocab = hf[0].config.text_config.vocab_size
     logprobs = np.concatenate([r.logprobs for g in batch.groups for r in g.responses])
-    np.testing.assert_allclose(logprobs, -math.log(vocab - 2), atol=1e-4)
+    np.testing.assert_allclose(logprobs, -math.log(vocab - 4), atol=1e-4)
 
 
 def test_greedy_output_follows_a_weight_update(

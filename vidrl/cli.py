@@ -15,6 +15,10 @@ from pathlib import Path
 
 log = logging.getLogger("vidrl")
 
+TINY_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
+"""`vidrl tiny-model --family` choices (vidrl.models.FAMILIES, spelled out so that argument
+parsing imports neither torch nor transformers); the first is the default."""
+
 
 def cmd_score(args: argparse.Namespace) -> int:
     from vidrl.rewards.score import main_score
@@ -45,8 +49,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from vidrl.data.tiny import build_tiny_model
 
-    path = build_tiny_model(Path(args.out_dir), seed=args.seed)
-    print(f"tiny Qwen2.5-VL written to {path}")
+    path = build_tiny_model(Path(args.out_dir), seed=args.seed, family=args.family)
+    print(f"tiny {args.family} written to {path}")
     return 0
 
 
@@ -200,9 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("tiny-model", help="build a tiny random Qwen2.5-VL with its tokenizer")
+    p = sub.add_parser("tiny-model", help="build a tiny random model of a family, with its tokenizer")
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--family",
+        choices=TINY_FAMILIES,
+        default=TINY_FAMILIES[0],
+        help="model family (the config's model_type); the run reads it from the checkpoint",
+    )
     p.set_defaults(func=cmd_tiny_model)
 
     p = sub.add_parser("data", help="read a dataset as training would; print counts and skips")

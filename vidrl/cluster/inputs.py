@@ -7,6 +7,8 @@ processor output (pixel patches and grid): `LearnerInputs` runs the Hugging Face
 once per prompt on exactly the frames the engine saw (`frame_positions`), with the engine's
 own metadata and pixel bounds, and checks that it expands the prompt to the very token ids
 the engine saw, so learner and rollout can never silently disagree on the visual tokens.
+The family of the model (vidrl.models) says whether the processor's pixel bounds are per frame
+(set once) or per clip (set for each clip, as the engine sets them with each request).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
 from vidrl.data.video import Clip, VideoConfig, VideoError, decode_clip
 from vidrl.learner.batch import TrainGroup, VisionArrays
+from vidrl.models import family_of
 from vidrl.rollout.prompts import build_rollout_prompt, select_frames, video_metadata
 from vidrl.rollout.types import RolloutGroup, RolloutPrompt
 
@@ -53,11 +56,14 @@ class LearnerInputs:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
     ) -> None:
-        from transformers import AutoProcessor
+        from transformers import AutoConfig, AutoProcessor
 
+        self.family = family_of(AutoConfig.from_pretrained(model_path))
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
         kwargs: dict[str, Any] = {}
-        if min_pixels is not None and max_pixels is not None:
-            kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        size = self.family.video_size(min_pixels, max_pixels, 1)
+        if size is not None and not self.family.clip_pixel_budget:
+            kwargs["size"] = size
         self.processor = AutoProcessor.from_pretrained(model_path, **kwargs)
         self.tokenizer = self.processor.tokenizer
         self.video, self.prompt = video, prompt
@@ -84,18 +90,30 @@ class LearnerInputs:
         )
 
     def vision(self, text: str, clip: Clip) -> tuple[np.ndarray, VisionArrays]:
-        """(prompt ids [P] with video pads expanded, processor output) for `clip` under `text`."""
+        """(prompt ids [P] with video pads expanded, processor output) for `clip` under `text`.
+
+        The metadata (fps, frame indices) sets the seconds of each temporal patch: rotary time in
+        Qwen2.5-VL, `<t seconds>` text in Qwen3-VL / Qwen3.5 (whose processors return no
+        `second_per_grid_ts`: it is 1 there, and no position reads it)."""
+        kwargs: dict[str, Any] = {}
+        if self.family.clip_pixel_budget:
+            size = self.family.video_size(self.min_pixels, self.max_pixels, clip.num_frames)
+            kwargs = {} if size is None else {"size": size}
         out = self.processor(
             text=[text],
             videos=[clip.frames],
             video_metadata=[video_metadata(clip)],
             do_sample_frames=False,
             return_tensors="np",
+            **kwargs,
         )
+        grid = out["video_grid_thw"].astype(np.int64)
         vision = VisionArrays(
             pixel_values_videos=out["pixel_values_videos"].astype(np.float32),
-            video_grid_thw=out["video_grid_thw"].astype(np.int64),
-            second_per_grid_ts=np.asarray(out["second_per_grid_ts"], dtype=np.float64),
+            video_grid_thw=grid,
+            second_per_grid_ts=np.asarray(
+                out.get("second_per_grid_ts", np.ones(len(grid))), dtype=np.float64
+            ),
         )
         return out["input_ids"][0].astype(np.int64), vision
 

@@ -1,9 +1,15 @@
-"""A tiny random Qwen2.5-VL checkpoint folder, built offline, for tests, benchmarks and the demo.
+"""A tiny random checkpoint folder of each model family, built offline, for tests, benchmarks
+and the demo.
 
 No model can be downloaded here, so every test that needs "a Qwen2.5-VL" builds one:
 `build_tiny_model(out_dir)` writes, with `save_pretrained`, a folder that both transformers
 (`Qwen2_5_VLForConditionalGeneration` / `AutoModelForImageTextToText`, `AutoProcessor`) and vLLM
-(`vllm.LLM(model=out_dir)`) load with `HF_HUB_OFFLINE=1`:
+(`vllm.LLM(model=out_dir)`) load with `HF_HUB_OFFLINE=1`. `family="qwen3_vl"` or `"qwen3_5"`
+builds those families the same way: the config and processor come from the family's recipe
+(vidrl.models.*: `tiny_config`, `tiny_processor`), the tokenizer is trained here under the
+pre-tokenizer the family's tokenizer class imposes, and the family may redraw what its own
+init draws otherwise (Qwen3.5: milder decay rates). What follows describes the default
+(Qwen2.5-VL); the Qwen3 families' sizes are in their modules.
 
 - the model: the real Qwen2.5-VL architecture at toy size (text 128 wide, 2 layers, 4 query and
   2 key/value heads; vision tower 2 blocks deep, one windowed and one full-attention block, patch
@@ -33,22 +39,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+import transformers
 from pydantic import Field, model_validator
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers.trainers import BpeTrainer
-from transformers import (
-    GenerationConfig,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2VLImageProcessor,
-    Qwen2VLVideoProcessor,
-    TokenizersBackend,
-)
+from transformers import GenerationConfig, TokenizersBackend
 
 from vidrl.configbase import StrictConfig
+from vidrl.models import family_named
 
 # Qwen2.5-VL's added tokens, in the order Qwen appends them after its byte-level vocabulary.
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -182,11 +183,16 @@ def tiny_corpus(extra: Sequence[str] = ()) -> list[str]:
     return lines + list(extra)
 
 
-def build_tokenizer(corpus: Sequence[str], shape: TinyQwenShape) -> TokenizersBackend:
-    """Train a byte-level BPE on `corpus`, then append Qwen2.5-VL's added tokens after it."""
+def build_tokenizer(
+    corpus: Sequence[str], shape: TinyQwenShape, pre_tokenizer: Any = None
+) -> TokenizersBackend:
+    """Train a byte-level BPE on `corpus`, then append Qwen2.5-VL's added tokens after it.
+
+    `pre_tokenizer`: the one the family's tokenizer class imposes on load (None: digits split one
+    by one, then GPT-2's byte-level regex)."""
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+    bpe.pre_tokenizer = pre_tokenizer or pre_tokenizers.Sequence(
         [
             # One token per digit, as Qwen does: numbers in answers are read digit by digit.
             pre_tokenizers.Digits(individual_digits=True),
@@ -214,71 +220,6 @@ def build_tokenizer(corpus: Sequence[str], shape: TinyQwenShape) -> TokenizersBa
     )
 
 
-def build_processor(tokenizer: TokenizersBackend, shape: TinyQwenShape) -> Qwen2_5_VLProcessor:
-    """The default Qwen2.5-VL processor around `tokenizer`, with the shape's pixel budget."""
-    size = {"shortest_edge": shape.min_pixels_per_frame, "longest_edge": shape.max_pixels_per_frame}
-    # Patch 14, merge 2, temporal patch 2 are the processors' defaults and match the vision config.
-    image_processor = Qwen2VLImageProcessor(size=size)
-    # cap_pixels_per_frame=True bounds a whole video's pixels as qwen-vl-utils does (and silences
-    # transformers' warning that this default is about to change).
-    video_processor = Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=True)
-    return Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
-    )
-
-
-def build_config(
-    tokenizer: TokenizersBackend, shape: TinyQwenShape, *, init_std: float = INIT_STD
-) -> Qwen2_5_VLConfig:
-    """The model config, with every token id read from `tokenizer`."""
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    half_head = shape.text_hidden_size // shape.text_heads // 2
-    # Multimodal rotary: the head's rotary pairs split time:height:width as 16:24:24 in Qwen.
-    temporal_pairs = half_head // 4
-    mrope_section = [temporal_pairs, *[(half_head - temporal_pairs) // 2] * 2]
-    text = {
-        "vocab_size": max(len(tokenizer), shape.vocab_size or 0),
-        "hidden_size": shape.text_hidden_size,
-        "intermediate_size": shape.text_intermediate_size,
-        "num_hidden_layers": shape.text_layers,
-        "num_attention_heads": shape.text_heads,
-        "num_key_value_heads": shape.text_kv_heads,
-        "max_position_embeddings": shape.max_positions,
-        "max_window_layers": shape.text_layers,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 1_000_000.0,
-            "mrope_section": mrope_section,
-        },
-        "initializer_range": init_std,
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-    }
-    vision = {
-        "depth": shape.vision_depth,
-        "hidden_size": shape.vision_hidden_size,
-        "intermediate_size": shape.vision_intermediate_size,
-        "num_heads": shape.vision_heads,
-        "out_hidden_size": shape.text_hidden_size,
-        "fullatt_block_indexes": [shape.vision_depth - 1],
-        "tokens_per_second": 2,
-        "initializer_range": init_std,
-    }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=shape.tie_word_embeddings,
-    )
-
-
 def build_tiny_model(
     out_dir: str | Path,
     seed: int = 0,
@@ -286,8 +227,9 @@ def build_tiny_model(
     init_std: float = INIT_STD,
     shape: TinyQwenShape | None = None,
     extra_corpus: Sequence[str] = (),
+    family: str = "qwen2_5_vl",
 ) -> Path:
-    """Write a tiny random Qwen2.5-VL (weights, config, tokenizer, processor) to `out_dir`.
+    """Write a tiny random model of `family` (weights, config, tokenizer, processor) to `out_dir`.
 
     The same arguments give byte-identical weights and tokenizer. `init_std` is the standard
     deviation of the normal initialisation: small enough that a fresh model's logits are finite
@@ -295,11 +237,18 @@ def build_tiny_model(
     """
     shape = shape or TinyQwenShape()
     out = Path(out_dir)
-    tokenizer = build_tokenizer(tiny_corpus(extra_corpus), shape)
-    config = build_config(tokenizer, shape, init_std=init_std)
+    model_family = family_named(family)
+    recipe = model_family.tiny
+    pre_tokenizer = recipe.pre_tokenizer() if recipe.pre_tokenizer is not None else None
+    tokenizer = build_tokenizer(tiny_corpus(extra_corpus), shape, pre_tokenizer)
+    token_ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    config = recipe.config(token_ids, len(tokenizer), shape, init_std)
+    model_class = getattr(transformers, model_family.model_class)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+        model = model_class(config).to(torch.float32).eval()
+        if recipe.reinit is not None:
+            recipe.reinit(model)
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
         # Stop on either end marker, as Qwen's instruct models do.
@@ -307,5 +256,5 @@ def build_tiny_model(
         pad_token_id=config.text_config.pad_token_id,
     )
     model.save_pretrained(out)
-    build_processor(tokenizer, shape).save_pretrained(out)
+    recipe.processor(tokenizer, shape, CHAT_TEMPLATE).save_pretrained(out)
     return out

@@ -1,8 +1,10 @@
-"""Per-token log-probs (and entropies) of responses under a Qwen2.5-VL policy, in two layouts.
+"""Per-token log-probs (and entropies) of responses under a Qwen VL policy, in two layouts.
 
 `response_logprobs_shared` runs one packed sequence per group (`vidrl.learner.prefix`): the
 prompt and its video once, then all G responses, which share the prompt through the attention of
 `vidrl.learner.attention` (two passes without a T x T mask by default; a dense 4D mask, or flex).
+For a family with recurrent layers (Qwen3.5, `prefix_sharing == "state"`) it runs the prompts
+once and every response from its prompt's cache instead (`vidrl.learner.state_prefix`).
 `response_logprobs_plain` runs the same groups the ordinary way, G sequences of prompt +
 response, each with its own copy of the video through the vision encoder. Both return the same
 records and are differentiable, so the shared layout can be checked against the plain one (it
@@ -13,15 +15,16 @@ response rows chunk by chunk, so no [N, V] tensor is made or kept, in either lay
 policy, the reference model and SFT alike.
 
 Vision inputs (`pixel_values_videos`, `video_grid_thw`) come from the processor once per prompt
-and are passed in by the caller; prompt positions come from `prompt_position_ids`.
+and are passed in by the caller (the model's forward derives DeepStack's inputs from them and
+the ids); prompt positions come from `config_prompt_position_ids`, the family's rule for the
+engine's prompt ids (vidrl.models).
 
 Where it departs from the references:
-- `prompt_position_ids` follows the multimodal rotary rule of Qwen's reference code and of vLLM
-  (text after a video continues from the largest position so far, plus one; video temporal
-  positions are floor(t * second_per_grid * tokens_per_second)). transformers 5.19's
-  `get_rope_index` continues text after a video from its spatial extent instead; the two agree
-  whenever the temporal positions do not outrun the spatial ones (short or densely sampled
-  clips). We follow vLLM so that learner log-probs match the rollout engine's.
+- The positions follow vLLM's multimodal rotary rule for each family (vidrl.models.positions:
+  text after a video continues from the largest position so far, plus one). transformers 5.19's
+  Qwen2.5-VL `get_rope_index` continues text after a video from its spatial extent instead; the
+  two agree whenever the temporal positions do not outrun the spatial ones (short or densely
+  sampled clips). We follow vLLM so that learner log-probs match the rollout engine's.
 - Only the rows from the first one that predicts a response token onwards reach the head (the
   model's `logits_to_keep`), and of those only the response rows are scored.
 """
@@ -45,6 +48,10 @@ from vidrl.learner.prefix import (
     split_group,
     unpack_responses,
 )
+from vidrl.models import family_of
+
+# Re-exported: the Qwen2.5-VL rule with explicit sizes (tests and benchmarks call it directly).
+from vidrl.models.qwen2_5_vl import prompt_position_ids  # noqa: F401
 
 # Attention implementations that read an explicit 4D mask from the model's forward.
 MASKABLE_ATTENTION = ("sdpa", "eager", SHARED_PREFIX_ATTENTION)
@@ -81,70 +88,15 @@ class ResponseLogprobs:
     mask: torch.Tensor
 
 
-def prompt_position_ids(
-    input_ids: torch.Tensor,
-    video_token_id: int,
-    video_grid_thw: torch.Tensor | None = None,
-    second_per_grid_ts: Sequence[float] | torch.Tensor | None = None,
-    *,
-    spatial_merge_size: int = 2,
-    tokens_per_second: float = 2.0,
-) -> torch.Tensor:
-    """Multimodal rotary positions [3, P] of a prompt (ids [P]), as vLLM assigns them.
-
-    Each run of video pad tokens is one video of `video_grid_thw` (in order); its tokens get
-    (start + floor(t * second_per_grid * tokens_per_second), start + h, start + w) on the merged
-    grid, and text continues from the largest position so far plus one. A text-only prompt gets
-    0..P-1 in all three rows. Read the sizes from the model config
-    (`vision_config.spatial_merge_size`, `vision_config.tokens_per_second`). Image tokens are
-    not handled (our prompts carry videos only): they would be counted as text.
-    """
-    ids = input_ids.tolist()
-    grids = [] if video_grid_thw is None else video_grid_thw.tolist()
-    seconds = [1.0] * len(grids)
-    if second_per_grid_ts is not None:
-        seconds = [float(s) for s in second_per_grid_ts]
-    pieces: list[torch.Tensor] = []
-    next_start, cursor, video = 0, 0, 0
-    while cursor < len(ids):
-        if ids[cursor] != video_token_id:
-            end = cursor
-            while end < len(ids) and ids[end] != video_token_id:
-                end += 1
-            pieces.append(torch.arange(next_start, next_start + end - cursor).expand(3, -1))
-            cursor = end
-        else:
-            if video >= len(grids):
-                raise ValueError("more runs of video tokens in the prompt than videos in the grid")
-            grid_t, grid_h, grid_w = grids[video]
-            t_h_w = (grid_t, grid_h // spatial_merge_size, grid_w // spatial_merge_size)
-            grid = torch.stack(torch.meshgrid(*(torch.arange(n) for n in t_h_w), indexing="ij"))
-            grid[0] = (grid[0] * (seconds[video] * tokens_per_second)).long()
-            pieces.append(grid.reshape(3, -1) + next_start)
-            cursor += t_h_w[0] * t_h_w[1] * t_h_w[2]
-            video += 1
-        next_start = int(pieces[-1].max()) + 1
-    if video != len(grids):
-        raise ValueError(f"{len(grids)} videos in the grid but {video} runs of video tokens")
-    return torch.cat(pieces, dim=1).long() if pieces else torch.zeros(3, 0, dtype=torch.long)
-
-
 def config_prompt_position_ids(
     config: Any,
     input_ids: torch.Tensor,
     video_grid_thw: torch.Tensor | None = None,
     second_per_grid_ts: Sequence[float] | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`prompt_position_ids` with the token id and sizes read from a Qwen2.5-VL model config."""
-    vision = config.vision_config
-    return prompt_position_ids(
-        input_ids,
-        config.video_token_id,
-        video_grid_thw,
-        second_per_grid_ts,
-        spatial_merge_size=vision.spatial_merge_size,
-        tokens_per_second=getattr(vision, "tokens_per_second", 2.0),
-    )
+    """Positions [3, P] of prompt ids [P] by the rule of `config`'s model family, as vLLM assigns
+    them (vidrl.models: one helper per family, e.g. `vidrl.models.qwen3_vl.prompt_positions`)."""
+    return family_of(config).prompt_positions(config, input_ids, video_grid_thw, second_per_grid_ts)
 
 
 def attention_implementation(model: nn.Module) -> str:
@@ -196,8 +148,22 @@ def response_logprobs_shared(
     attention: "mask" builds the dense [B, 1, T, T] mask (any maskable attention); "two_pass"
     and "flex" need the text model under `vidrl_shared_prefix` (`use_shared_prefix_attention`),
     with `kernel` "sdpa" or "flash" for two_pass. banned_ids: tokens the rollout never samples
-    (image/video pads), left out of the distribution as the engine leaves them out.
+    (the family's vision placeholders), left out of the distribution as the engine leaves them out.
+    A family whose prefix is shared through its cache (recurrent layers) ignores `attention` and
+    `kernel`: see vidrl.learner.state_prefix.
     """
+    if family_of(model.config).prefix_sharing == "state":
+        from vidrl.learner.state_prefix import response_logprobs_from_prefix_state
+
+        return response_logprobs_from_prefix_state(
+            model,
+            groups,
+            vision,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            chunk_tokens=chunk_tokens,
+            banned_ids=banned_ids,
+        )
     batch = batch_groups(groups, _pad_token_id(model), with_mask=attention == "mask")
     parameter = next(model.parameters())
     implementation = attention_implementation(model)
@@ -205,7 +171,7 @@ def response_logprobs_shared(
         mask = model_attention_mask(
             batch.attention_mask.to(parameter.device), implementation, parameter.dtype
         )
-        return _forward(model, batch, mask, vision, temperature, with_entropy, chunk_tokens)
+        return _forward(model, batch, mask, vision, temperature, with_entropy, chunk_tokens, banned_ids)
     if implementation != SHARED_PREFIX_ATTENTION:
         raise ValueError(
             f"prefix attention {attention!r} needs the text model under {SHARED_PREFIX_ATTENTION!r}, "

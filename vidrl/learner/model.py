@@ -1,17 +1,19 @@
 """Building the policy as FSDP2 shards: one unit per decoder layer and per vision block.
 
-The units are the model's own `_no_split_modules` (for Qwen2.5-VL: the decoder layers and
-the vision blocks), so any Hugging Face model that declares them shards the same way. The
-vision tower is also a unit of its own (its patch embedding and merger), which lets a rank
+The units are the module classes the model family names (vidrl.models: the decoder layers and
+the vision blocks of each family, its transformers `_no_split_modules`). The vision tower is
+also a unit of its own (its patch embedding, merger and DeepStack mergers), which lets a rank
 whose micro-batch has no video still run the tower on a dummy input: every rank must run
-the same collectives, or the step hangs. No rank ever holds the whole model: it is built on
-the meta device, sharded, and each rank reads its own rows of the checkpoint (loading.py).
+the same collectives, with a gradient for every parameter, or the step hangs. No rank ever
+holds the whole model: it is built on the meta device, sharded, and each rank reads its own
+rows of the checkpoint (loading.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ from vidrl.learner.attention import SHARED_PREFIX_ATTENTION, Kernel, register_sh
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import MASKABLE_ATTENTION
 from vidrl.learner.loading import build_on_meta, checkpoint_names, load_shards, materialise
+from vidrl.models import family_of
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +133,12 @@ def shard_model(
     options: dict[str, Any] = {"mp_policy": policy}
     if offload:
         options["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
-    unit_names = set(getattr(model, "_no_split_modules", None) or ())
+    unit_names = set(family_of(model.config).sharding_units)
     units = [m for m in model.modules() if type(m).__name__ in unit_names]
+    found = {type(m).__name__ for m in units}
+    if found != unit_names:  # a renamed class after a transformers upgrade would shard nothing
+        missing = ", ".join(sorted(unit_names - found))
+        raise ValueError(f"{type(model).__name__} has no {missing} modules to shard (vidrl.models)")
     for unit in units:
         fully_shard(unit, **options)
     tower = vision_tower(model)
@@ -147,17 +154,30 @@ def shard_model(
 
 def dummy_vision_pass(model: nn.Module) -> torch.Tensor:
     """Run the vision tower on the smallest input (one 2x2-patch frame pair) and return a
-    zero that depends on it, so a rank with no video joins the tower's collectives."""
+    zero that depends on every tensor it returns (the merged patches and, for DeepStack, the
+    features of its inner blocks), so a rank with no video joins the tower's collectives with a
+    gradient for each of its parameters."""
     tower = vision_tower(model)
     if tower is None:
         return torch.zeros(())
     cfg: Any = tower.config
     patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size
     merge = cfg.spatial_merge_size
-    grid = torch.tensor([[1, merge, merge]])
-    pixels = torch.zeros(merge * merge, patch_dim)
+    device = tower.patch_embed.proj.weight.device
+    grid = torch.tensor([[1, merge, merge]], device=device)
+    pixels = torch.zeros(merge * merge, patch_dim, device=device)
     out = tower(pixels, grid_thw=grid)
-    hidden = out.pooler_output if hasattr(out, "pooler_output") else out
-    if isinstance(hidden, tuple | list):
-        hidden = hidden[0]
-    return hidden.float().sum() * 0.0
+    return sum((t.float().sum() for t in _tensors(out)), torch.zeros((), device=device)) * 0.0
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a model output, tuple or list, nested (a tower's ModelOutput holds
+    `pooler_output` and, in Qwen3-VL, `deepstack_features`: a list of tensors)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):  # transformers' ModelOutput is an ordered dict
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _tensors(item)

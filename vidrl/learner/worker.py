@@ -50,6 +50,7 @@ from vidrl.learner.memory import PeakMemory
 from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, dummy_vision_pass
 from vidrl.learner.prefix import PackedGroup, pack_group
 from vidrl.learner.schedule import lr_lambda
+from vidrl.models import family_of
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,9 @@ class LearnerWorker:
             self.model_path, self.attention, self.cfg, self.device, torch.float32, seed=self.seed
         )
         self.config = self.model.config
-        # The engine never samples the image/video pads: they leave the learner's distribution too.
-        pads = (self.config.image_token_id, self.config.video_token_id)
-        self.banned_ids = tuple(int(i) for i in pads if i is not None)
+        # The engine never samples the family's vision placeholders: they leave the learner's
+        # distribution too (one list for both: vidrl.models).
+        self.banned_ids = family_of(self.config).placeholder_token_ids(self.config)
         phases["policy"] = self.memory.host()
         self.reference = None
         # With LoRA the reference policy is the base model: the policy with its adapters off.

