@@ -108,7 +108,7 @@ def test_train_then_resume(assets: dict[str, Path]) -> None:
     assert (run_dir / "sft" / "hf" / "config.json").exists() and any((run_dir / "tb").iterdir())
     state = json.loads((run_dir / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
     assert prompts_drawn(state["extra"]["sampler"]) == sum(r["groups/drawn"] for r in rows)  # none replayed
-    assert len(plot_run(run_dir)) == 4
+    assert len(plot_run(run_dir)) == 6  # the dashboard and its five panels
 
     resumed = train(config(assets, steps=5))  # type: ignore[arg-type]
     assert resumed["start_step"] == 3 and "eval_before" not in resumed

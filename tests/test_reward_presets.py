@@ -91,7 +91,9 @@ def test_videochat_r1(sample: Sample, response: str, expected: float) -> None:
         (TVG, "<think>t</think><answer>12 to 22</answer>", 0.5 * 1 + IOU_12_22),
         (TVG, "<think>t</think><answer>12 - 22 s</answer>", 0.5 * 1 + IOU_12_22),
         (TVG, "<answer>12 to 22</answer>", 0.5 * 0 + IOU_12_22),
-        (MCQ, "<think>t</think><answer>A or B</answer>", 0.5 * 1 + 0),
+        (MCQ, "<think>t</think><answer>A or B</answer>", 0.5 * 0 + 0),  # not one option
+        (TVG, "<think>t</think><answer>B</answer>", 0.5 * 0 + 0),  # a letter is no interval
+        (TVG, "<think>t</think><answer>22 to 12</answer>", 0.5 * 0 + 0),  # reversed
         (MCQ, "<think>t</think><answer>The answer is B.</answer>", 0.5 * 1 + 1),
         (GQA, GQA_RESPONSE, 0.5 * 1 + 1 + 0.5),
         (TRACK, TRACK_RESPONSE, 0.5 * 1 + 0.75),

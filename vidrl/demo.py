@@ -7,10 +7,11 @@ model, on the local machine, with no downloads.
    reward preset: what each reward pays for;
 4. train: SFT warm start (so the tiny model emits the answer format), then GRPO with a vLLM
    rollout worker, the reward actor pool and a 2-rank FSDP2 learner;
-5. evaluate the SFT warm start and the final GRPO checkpoint on the held-out videos with the
+5. evaluate the SFT warm start and the final GRPO checkpoint on every held-out video with the
    `vidrl eval` harness (one rollout pool: the GRPO weights are pushed into the engine that
    evaluated the SFT model), all in the Ray cluster that trained;
-6. write the plots and print a summary with the side-by-side evaluation table.
+6. write the plots and print a summary: the training curve's ends, whether the run learned
+   visibly (`learning_check`), and the side-by-side evaluation table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,9 +35,25 @@ from vidrl.rewards.types import RewardInput
 if TYPE_CHECKING:
     from vidrl.config import RunConfig
 
+CURVE_NAMES = {"reward/mean": "reward", "response/length_mean": "length (tokens)"}
+"""How the summary names a curve; reward components go by their own names (tvg_iou, ...)."""
+CurveEnds = dict[str, float]
+"""One logged curve's ends: first / last (the first and last step), first_mean / last_mean
+(means of the first and last `vidrl.cluster.plots.WINDOW` steps)."""
+
 log = logging.getLogger(__name__)
 
-DEMO_VIDEOS = 32
+DEMO_VIDEOS = 80
+DEMO_TEST_FRACTION = 0.6
+"""32 training videos (107 questions) and 48 held out (84 grounding, 70 multiple choice): enough
+held-out answers per task that a few of them do not swing the table."""
+REWARD_GAIN = 0.1
+"""How far the training reward's mean over the last steps must rise above the first steps'
+for the demo to call its run a visible learner (`learning_check`)."""
+SCORE_NOISE = 0.1
+"""How far a task's own score may fall between the first and last steps' means before the
+demo calls it falling: the spread of the difference of two 5-step means of multiple-choice
+accuracy at chance (about 3 questions x 8 answers a step) is about 0.065."""
 PRESETS = ("vidrl", "temporal_r1", "videochat_r1")
 
 
@@ -71,12 +89,12 @@ DEMO_OVERRIDES = (
     "learner.lr=1e-3",
     "learner.loss.kl_coef=0.0",
     "cluster.local_num_cpus=2",
-    "trainer.steps=20",
+    "trainer.steps=40",
     "trainer.prompts_per_step=8",
     "trainer.sft_steps=80",
     "trainer.sft_lr=3e-3",
     "trainer.sft_prompts_per_step=16",
-    "trainer.eval_max_samples=32",
+    "trainer.eval_max_samples=256",  # every held-out question (154) when evaluated in the run
     "trainer.checkpoint_every_steps=10",
 )
 
@@ -88,7 +106,7 @@ def run_demo(out: Path, seed: int = 0, train: bool = True) -> DemoReport:
     out = out.resolve()
     report = DemoReport(out=out)
     started = time.perf_counter()
-    synth = synthesize(out / "data", num_videos=DEMO_VIDEOS, seed=seed)
+    synth = synthesize(out / "data", num_videos=DEMO_VIDEOS, seed=seed, test_fraction=DEMO_TEST_FRACTION)
     report.did(f"synthesized {DEMO_VIDEOS} videos with questions into {synth.root}")
     model_dir = build_tiny_model(out / "model", seed=seed)
     report.did(f"built the tiny Qwen2.5-VL into {model_dir}")
@@ -106,10 +124,8 @@ def run_demo(out: Path, seed: int = 0, train: bool = True) -> DemoReport:
     return report
 
 
-def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Path, seed: int) -> None:
-    from vidrl.cluster.build import ray_session
-    from vidrl.cluster.job import train
-    from vidrl.cluster.plots import plot_run
+def demo_config(model_dir: Path, train_yaml: Path, out: Path, seed: int) -> RunConfig:
+    """The demo's run config: DEMO_OVERRIDES on the data and model it just wrote."""
     from vidrl.config import load_run_config
 
     overrides = [
@@ -119,12 +135,20 @@ def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Pat
         # Evaluated afterwards by the `vidrl eval` harness, not inside the run (the same greedy
         # answers twice would only cost time).
         "data.eval_path=null",
-        f"output_dir={report.out / 'runs'}",
+        f"output_dir={out / 'runs'}",
         "run_name=grpo",
         f"seed={seed}",
         f"rollout.seed={seed}",
     ]
-    cfg = load_run_config(None, overrides)
+    return load_run_config(None, overrides)
+
+
+def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Path, seed: int) -> None:
+    from vidrl.cluster.build import ray_session
+    from vidrl.cluster.job import train
+    from vidrl.cluster.plots import plot_run, read_metrics
+
+    cfg = demo_config(model_dir, train_yaml, report.out, seed)
     with ray_session(cfg):  # one Ray cluster for training and evaluation
         train(cfg)
         report.did(
@@ -133,6 +157,9 @@ def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Pat
             f"2-rank FSDP2 learner; run directory {cfg.run_dir}"
         )
         _evaluate(report, cfg, test_yaml)
+    curve = training_curve(read_metrics(cfg.run_dir))
+    report.numbers["training_curve"] = curve
+    report.numbers["learned"], report.numbers["learning_check"] = learning_check(curve)
     report.numbers["plots"] = [str(p) for p in plot_run(cfg.run_dir)]
     report.did(f"wrote plots into {cfg.run_dir / 'plots'}")
 
@@ -147,8 +174,7 @@ def _evaluate(report: DemoReport, cfg: RunConfig, test_yaml: Path) -> None:
     if final is None:
         raise RuntimeError(f"{cfg.run_dir}: training left no checkpoint to evaluate")
     models = {"sft": str(cfg.run_dir / "sft" / "hf"), "grpo": str(final / "hf")}
-    samples, _ = load_eval_set(cfg, str(test_yaml))
-    samples = samples[: cfg.trainer.eval_max_samples]
+    samples, _ = load_eval_set(cfg, str(test_yaml))  # every held-out sample
     results = evaluate_models(cfg, models, samples)
     summaries = {
         name: write_eval(
@@ -157,11 +183,51 @@ def _evaluate(report: DemoReport, cfg: RunConfig, test_yaml: Path) -> None:
         for name, by_variant in results.items()
     }
     where = report.out / "eval"
-    report.did(f"evaluated the SFT and GRPO models (greedy, {len(samples)} held-out samples) into {where}")
+    counts = Counter(s.task for s in samples)
+    per_task = ", ".join(f"{n} {task}" for task, n in sorted(counts.items(), reverse=True))
+    report.did(f"evaluated the SFT and GRPO models (greedy, held-out: {per_task}) into {where}")
+    report.numbers["eval_samples"] = dict(counts)
     report.numbers["evaluation"] = {name: s["variants"] for name, s in summaries.items()}
     report.numbers["eval_table"] = format_table(
         {"after SFT": summaries["sft"], "after GRPO": summaries["grpo"]}
     )
+
+
+def training_curve(rows: list[dict[str, Any]]) -> dict[str, CurveEnds]:
+    """The ends of the reward, of each reward component and of the response length."""
+    from vidrl.cluster.plots import ends, series, task_score_keys
+
+    curve: dict[str, CurveEnds] = {}
+    for key in ("reward/mean", *task_score_keys(rows), "response/length_mean"):
+        _, values = series(rows, key)
+        windows = ends(rows, key)
+        if windows is not None:
+            first_mean, last_mean = windows
+            curve[key] = {
+                "first": values[0],
+                "last": values[-1],
+                "first_mean": first_mean,
+                "last_mean": last_mean,
+            }
+    return curve
+
+
+def learning_check(curve: dict[str, CurveEnds]) -> tuple[bool, str]:
+    """Whether the run visibly learned, and why in one line: the training reward's last-window
+    mean at least REWARD_GAIN above its first-window mean, and no task's own score (IoU,
+    accuracy; the format term is shared by all tasks) lower at the end than at the start by
+    more than SCORE_NOISE."""
+    if "reward/mean" not in curve:
+        return False, "too few GRPO steps for two windows of the curve"
+    reward = curve["reward/mean"]
+    gain = reward["last_mean"] - reward["first_mean"]
+    tasks = [k for k in curve if k not in ("reward/mean", "reward/format", "response/length_mean")]
+    fell = [k.split("/", 1)[1] for k in tasks if curve[k]["last_mean"] < curve[k]["first_mean"] - SCORE_NOISE]
+    problems = [f"reward gained {gain:+.3f} < {REWARD_GAIN}"] if gain < REWARD_GAIN else []
+    problems += [f"{name} fell" for name in fell]
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"reward {gain:+.3f} (>= {REWARD_GAIN}), no task's score fell by over {SCORE_NOISE}"
 
 
 RESPONSE_KINDS = ("reference", "shifted", "reversed", "no_think", "garbage")
@@ -248,10 +314,30 @@ def print_summary(report: DemoReport) -> None:
     print(f"  {'kind':<10}" + "".join(f"{p:>14}" for p in PRESETS))
     for kind, by_preset in report.numbers["mean_reward_by_kind"].items():
         print(f"  {kind:<10}" + "".join(f"{by_preset.get(p, float('nan')):>14.3f}" for p in PRESETS))
+    _print_curve(report.numbers.get("training_curve", {}))
+    if "learning_check" in report.numbers:
+        verdict = "yes" if report.numbers["learned"] else "NO"
+        print(f"  learned visibly: {verdict} ({report.numbers['learning_check']})")
     table = report.numbers.get("eval_table")
     if table:
-        print("\n  held-out evaluation (greedy, `vidrl eval` harness)")
+        counts = ", ".join(f"{n} {task}" for task, n in report.numbers["eval_samples"].items())
+        print(f"\n  held-out evaluation (greedy, `vidrl eval` harness; {counts} samples)")
         print("\n".join(f"  {line}" for line in table.splitlines()))
     for path in report.numbers.get("plots", []):
         print(f"  plot: {path}")
     print(f"\n  took {report.numbers['seconds']} s; summary in {report.out / 'summary.json'}")
+
+
+def _print_curve(curve: dict[str, CurveEnds]) -> None:
+    if not curve:
+        return
+    from vidrl.cluster.plots import WINDOW
+
+    print(f"\n  training curve: first and last step; mean of the first and last {WINDOW} steps")
+    heads = ("first", "last", f"first {WINDOW}", f"last {WINDOW}", "change")
+    print(f"  {'':<16}" + "".join(f"{h:>10}" for h in heads))
+    for key, c in curve.items():
+        change = c["last_mean"] - c["first_mean"]
+        name = CURVE_NAMES.get(key, key.split("/", 1)[1])
+        values = (c["first"], c["last"], c["first_mean"], c["last_mean"])
+        print(f"  {name:<16}" + "".join(f"{v:>10.3f}" for v in values) + f"{change:>+10.3f}")

@@ -281,7 +281,7 @@ def ask(scene: Scene, rng: np.random.Generator) -> list[dict[str, Any]]:
             questions.append(_question(scene, "tvg", text, timestamps=(track.interval,)))
     steady = [t for t in scene.tracks if t.behaviour != "recolour"]
     target = steady[int(rng.integers(len(steady)))]
-    colours = [str(c) for c in rng.permutation(list(COLOURS))]
+    colours = _place(target.colour, [str(c) for c in rng.permutation(list(COLOURS))], scene.index)
     questions.append(
         _question(
             scene,
@@ -293,12 +293,23 @@ def ask(scene: Scene, rng: np.random.Generator) -> list[dict[str, Any]]:
     )
     movers = [t for t in scene.tracks if t.behaviour == "move"]
     if movers:
-        options = _mover_options(rng, scene, movers[0])
-        answer = _letter(options.index(f"the {movers[0].name}"))
+        mover = f"the {movers[0].name}"
+        options = tuple(_place(mover, list(_mover_options(rng, scene, movers[0])), scene.index + 2))
+        answer = _letter(options.index(mover))
         questions.append(_question(scene, "mcq", "Which shape moves?", options, answer))
     for number, question in enumerate(questions):
         question["id"] = f"{scene.name}_q{number}"
     return questions
+
+
+def _place(answer: str, options: list[str], index: int) -> list[str]:
+    """`options` with `answer` moved to position index mod 4 (the others keep their random order),
+    so that across consecutive videos every letter is the answer equally often: with random
+    positions a split of 50 questions had A right 10 times and its training split 15 of 47, and a
+    model that learned only the letter prior lost held-out accuracy by learning it."""
+    rest = [o for o in options if o != answer]
+    rest.insert(index % len(options), answer)
+    return rest
 
 
 def _mover_options(rng: np.random.Generator, scene: Scene, mover: ShapeTrack) -> tuple[str, ...]:

@@ -55,8 +55,13 @@ videochat_r1 (VideoChat-R1, `src/open_r1/grpo_tg.py`, `grpo_qa.py`, `grpo_gqa.py
     The sum is taken in float64; their trainer adds the rewards as float32 tensors.
 
 vidrl (default): format is a shaping term at half the weight of the content reward on
-every task: 0.5 * format ("tags") + 1.0 * (tvg_iou with any interval style | mcq_accuracy
-| gqa_accuracy + gqa_iou | track_iou).
+every task: 0.5 * format ("tags+task": the tags, and an answer that parses as the task's
+answer) + 1.0 * (tvg_iou with any interval style | mcq_accuracy | gqa_accuracy + gqa_iou |
+track_iou). The format term asks for the task's answer because with the tags alone a policy
+trained on grounding and multiple choice together found a cheaper reward: a letter to every
+question (seen on the synthetic task: grounding IoU fell to 0 for good and the
+responses shrank to 8 tokens, at 0.5 a response for the format, from the 4th of 40 steps at
+learning rate 1e-3).
 
 `think=False` swaps each thinking grammar for its no-thinking twin ("tags" ->
 "answer_only", "tags+task" -> "answer_only+task", "tags+glue" -> "answer_only+glue",
@@ -118,7 +123,7 @@ def _videochat_r1() -> list[Component]:
 
 def _vidrl() -> list[Component]:
     return [
-        _format(None, "tags", weight=0.5),
+        _format(None, "tags+task", weight=0.5),
         _part("tvg_iou", ["tvg"], style="any"),
         _part("mcq_accuracy", ["mcq"]),
         _part("gqa_accuracy", ["gqa"]),

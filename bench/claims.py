@@ -1,0 +1,224 @@
+"""The seed papers' claims, measured in miniature over seeds, on the demo's task.
+
+Run: `.venv/bin/python bench/claims.py [--seeds 0 1 2] [--out bench_results/claims.json]`
+(CPU; nothing is downloaded; see README for the time it takes).
+
+Every seed s builds its own tiny model (initialised with s) and its own SFT warm start (sample
+order s) on the demo's dataset (the same videos for every seed), then trains every arm from
+that warm start with seed s (prompt order, rollout sampling) and the demo's GRPO settings:
+
+  dual       GRPO on the full training set, format + IoU + accuracy (the demo's run)
+  iou_only   the same, but the content reward is IoU alone (mcq answers earn the format term only)
+  acc_only   the same, accuracy alone (tvg answers earn the format term only)
+  selected   `vidrl select` on the warm start (K responses per sample), the top half by reward
+             variance within each task; GRPO on it
+  random     GRPO on a random subset of the training set of the selected size
+  tvg_sft    SFT continued on the training set's grounding samples only, for the GRPO budget
+             (the same steps and prompts per step), as Temporal-R1's SFT baseline saw grounding
+             only and was then asked multiple-choice questions (MVBench)
+  tvg_grpo   GRPO on those grounding samples, the same steps and prompts per step
+
+Each arm is evaluated greedily on every held-out sample with the run's own evaluation. The
+claims, each a comparison of two arms in a stated direction (`CLAIMS`), are tabulated with
+both arms' mean ± sample standard deviation over the seeds, the difference per seed, and in
+how many seeds the claimed direction held (strictly). Nothing is averaged away: a claim that
+holds in fewer seeds than were run says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from vidrl.cluster.build import ray_session
+from vidrl.cluster.job import train, warm_start
+from vidrl.config import RunConfig, load_run_config
+from vidrl.data.readers import load_samples, write_samples
+from vidrl.data.sample import Sample
+from vidrl.data.skips import SkipLog
+from vidrl.data.synth import SynthResult, synthesize
+from vidrl.data.tiny import build_tiny_model
+from vidrl.demo import DEMO_OVERRIDES, DEMO_TEST_FRACTION, DEMO_VIDEOS
+from vidrl.selection.run import run_select
+
+FORMAT = "{name: format, fn: format_reward, weight: 0.5, kwargs: {grammar: answer_only+task}}"
+IOU = "{name: tvg_iou, fn: tvg_iou, tasks: [tvg], kwargs: {style: any}}"
+ACCURACY = "{name: mcq_accuracy, fn: mcq_accuracy, tasks: [mcq]}"
+REWARDS: dict[str, list[str]] = {
+    "iou_only": ["rewards.preset=null", f"rewards.components=[{FORMAT}, {IOU}]"],
+    "acc_only": ["rewards.preset=null", f"rewards.components=[{FORMAT}, {ACCURACY}]"],
+}
+"""The single-reward arms: the vidrl preset (think off) without one of its content terms."""
+
+
+class Claim(NamedTuple):
+    """`a` beats `b` on `metric` (a key of `arm_metrics`) when (a - b) * sign > 0."""
+
+    claim: str
+    metric: str
+    a: str
+    b: str
+    sign: int = 1
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("1. GRPO beats its SFT warm start", "mIoU", "dual", "sft"),
+    Claim("1. GRPO beats its SFT warm start", "mcq_accuracy", "dual", "sft"),
+    Claim("2. RL keeps mcq validity, SFT loses it", "invalid_option", "tvg_sft", "tvg_grpo"),
+    Claim("2. RL keeps mcq validity, SFT loses it", "mcq_accuracy", "tvg_grpo", "tvg_sft"),
+    Claim("3. variance-aware selection beats random", "mIoU", "selected", "random"),
+    Claim("3. variance-aware selection beats random", "mcq_accuracy", "selected", "random"),
+    Claim("3. selected half vs the full set", "mIoU", "selected", "dual"),
+    Claim("4. dual reward vs IoU alone", "mIoU", "dual", "iou_only"),
+    Claim("4. dual reward vs IoU alone", "mcq_accuracy", "dual", "iou_only"),
+    Claim("4. dual reward vs accuracy alone", "mIoU", "dual", "acc_only"),
+    Claim("4. dual reward vs accuracy alone", "mcq_accuracy", "dual", "acc_only"),
+)
+
+
+def base_config(root: Path, model: Path, data: SynthResult, seed: int, *extra: str) -> RunConfig:
+    return load_run_config(
+        None,
+        [
+            *DEMO_OVERRIDES,
+            f"model_path={model}",
+            f"data.train_path={data.train_yaml}",
+            f"data.eval_path={data.test_yaml}",
+            f"output_dir={root / 'runs'}",
+            f"seed={seed}",
+            f"rollout.seed={seed}",
+            "trainer.checkpoint_every_steps=0",
+            "trainer.progress_bar=false",
+            "trainer.tensorboard=false",
+            *extra,
+        ],
+    )
+
+
+def arm_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The held-out numbers the claims compare (percent; `reward` is the mean total)."""
+    return {
+        "mIoU": evaluation["tvg"]["mIoU"],
+        "R1@0.5": evaluation["tvg"]["R1@0.5"],
+        "mcq_accuracy": evaluation["mcq"]["accuracy"],
+        "invalid_option": evaluation["mcq"]["invalid_option"],
+        "reward": evaluation["reward"],
+    }
+
+
+def quota_policy(samples: Sequence[Sample], keep_fraction: float = 0.5) -> str:
+    """selection.max_per_task keeping `keep_fraction` of each task (0/1 and IoU variances
+    differ in scale, so one ranking over both tasks would fill up with mcq)."""
+    counts = Counter(s.task for s in samples)
+    quotas = ", ".join(f"{task}: {max(1, round(keep_fraction * n))}" for task, n in counts.items())
+    return f"selection.max_per_task={{{quotas}}}"
+
+
+def run_seed(root: Path, data: SynthResult, seed: int) -> dict[str, dict[str, float]]:
+    """Every arm of one seed; arm -> held-out metrics (`sft` is the warm start)."""
+    root = root / f"seed{seed}"
+    model = build_tiny_model(root / "model", seed=seed)
+    full = load_samples(data.train_yaml, load_run_config(None, list(DEMO_OVERRIDES)).data, SkipLog())
+    base = base_config(root, model, data, seed, "run_name=sft", quota_policy(full))
+    sft = warm_start(base)
+    steps = base.trainer.steps
+
+    def grpo(name: str, train_path: Path, *extra: str) -> dict[str, Any]:
+        overrides = [f"run_name={name}", f"data.train_path={train_path}", "trainer.sft_steps=0"]
+        return train(base_config(root, Path(sft), data, seed, *overrides, *extra))
+
+    results: dict[str, dict[str, Any]] = {}
+    dual = grpo("dual", data.train_yaml)
+    results["sft"], results["dual"] = dual["eval_before"], dual["eval_after"]
+    for name, rewards in REWARDS.items():
+        results[name] = grpo(name, data.train_yaml, *rewards)["eval_after"]
+    selection = run_select(base, root / "selection", model_path=sft, progress=False)
+    chosen = load_samples(selection.selected, base.data)
+    randomly = sorted(random.Random(seed).sample(full, len(chosen)), key=lambda s: s.id)
+    results["selected"] = grpo("selected", selection.selected)["eval_after"]
+    results["random"] = grpo("random", write_samples(root / "random.jsonl", randomly))["eval_after"]
+    tvg = write_samples(root / "tvg.jsonl", [s for s in full if s.task == "tvg"])
+    results["tvg_grpo"] = grpo("tvg_grpo", tvg)["eval_after"]
+    # SFT of the same budget: as many steps, on as many prompts per step, as GRPO had.
+    same_budget = [
+        f"trainer.sft_steps={steps}",
+        f"trainer.sft_prompts_per_step={base.trainer.prompts_per_step}",
+    ]
+    results["tvg_sft"] = grpo("tvg_sft", tvg, "trainer.steps=0", *same_budget)["eval_before"]
+    return {arm: arm_metrics(evaluation) for arm, evaluation in results.items()}
+
+
+def compare(claim: Claim, by_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """One claim's row: both arms' values per seed, their means and spreads, how often it held."""
+    a = [arms[claim.a][claim.metric] for arms in by_seed.values()]
+    b = [arms[claim.b][claim.metric] for arms in by_seed.values()]
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    return {
+        **claim._asdict(),
+        "a_values": a,
+        "b_values": b,
+        "differences": diffs,
+        "held": sum((d * claim.sign) > 0 for d in diffs),
+        "seeds": len(diffs),
+    }
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {spread:.1f}"
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    print("| claim | metric | A | B | A mean ± sd | B mean ± sd | A − B per seed | held |")
+    print("|---|---|---|---|---:|---:|---|---:|")
+    for r in rows:
+        diffs = ", ".join(f"{d:+.1f}" for d in r["differences"])
+        direction = "" if r["sign"] > 0 else " (lower is better for A)"
+        print(
+            f"| {r['claim']} | {r['metric']}{direction} | {r['a']} | {r['b']} | {mean_sd(r['a_values'])} "
+            f"| {mean_sd(r['b_values'])} | {diffs} | {r['held']}/{r['seeds']} |"
+        )
+
+
+def print_arms(by_seed: dict[int, dict[str, dict[str, float]]]) -> None:
+    """Every arm's held-out numbers, mean ± sd over the seeds."""
+    arms = next(iter(by_seed.values()))
+    metrics = list(next(iter(arms.values())))
+    print("\n| arm | " + " | ".join(metrics) + " |")
+    print("|---|" + "---:|" * len(metrics))
+    for arm in arms:
+        cells = [mean_sd([seeds[arm][m] for seeds in by_seed.values()]) for m in metrics]
+        print(f"| {arm} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="bench_results/claims", help="working folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="bench_results/claims.json")
+    args = parser.parse_args()
+    root = Path(args.root).resolve()
+    data = synthesize(root / "data", num_videos=DEMO_VIDEOS, seed=0, test_fraction=DEMO_TEST_FRACTION)
+    started = time.perf_counter()
+    by_seed: dict[int, dict[str, dict[str, float]]] = {}
+    with ray_session(load_run_config(None, list(DEMO_OVERRIDES))):  # one Ray cluster for every arm
+        for seed in args.seeds:
+            by_seed[seed] = run_seed(root, data, seed)
+    rows = [compare(claim, by_seed) for claim in CLAIMS]
+    result = {"seconds": round(time.perf_counter() - started, 1), "arms": by_seed, "claims": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print_table(rows)
+    print_arms(by_seed)
+    print(f"\n{len(args.seeds)} seeds in {result['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
