@@ -63,62 +63,74 @@ class Shape:
     user_tokens: int
     """Tokens of each prompt's user turn (the chat template adds ~30)."""
     recipe: Any  # e2e_trl.Recipe
-    layout: VidrlLayout
+    layouts: dict[str, VidrlLayout]
+    """vidrl's variants, each stepped after every TRL step (the same load on the cores)."""
+    trl_microbatches: dict[str, int]
+    """TRL's settings: name -> completions per forward/backward (the rest by accumulation)."""
 
 
 def shapes(args: argparse.Namespace) -> list[Shape]:
     from e2e_trl import Recipe
 
     common = {"lr": args.lr, "kl_coef": args.kl_coef, "samples": 8, "warmup": args.warmup}
+    full = VidrlLayout(learner_ranks=2, rollout_cpus=2, microbatch_tokens=4096)
     return [
         Shape(
             "a",
             TinyQwenShape(),
             12,
-            # TRL's fastest setting at this size: all 32 completions in one forward/backward.
             Recipe(prompts=4, response_tokens=32, trl_microbatch=32, steps=args.steps_a, **common),
-            VidrlLayout(learner_ranks=2, rollout_cpus=2, microbatch_tokens=8192),
+            {"vidrl": VidrlLayout(learner_ranks=2, rollout_cpus=2, microbatch_tokens=8192)},
+            # TRL's fastest setting at this size: all 32 completions in one forward/backward.
+            {"default": 32},
         ),
         Shape(
             "b",
             MODEL_B,
             1000,
-            # TRL's fastest setting here: micro-batches of 4 completions (38 s against 72 s for
-            # all 32 at once, docs/cpu-stack.md).
-            Recipe(prompts=4, response_tokens=128, trl_microbatch=4, steps=args.steps_b, **common),
-            VidrlLayout(learner_ranks=2, rollout_cpus=2, microbatch_tokens=4096),
+            Recipe(prompts=4, response_tokens=128, trl_microbatch=32, steps=args.steps_b, **common),
+            {"vidrl": full, "vidrl LoRA r=16": VidrlLayout(2, 2, 4096, lora_rank=16)},
+            # TRL's default (all 32 completions in one pass) and its best here: micro-batches of
+            # 4 completions with 8 accumulation steps (38 s against 72 s, docs/cpu-stack.md).
+            {"default": 32, "best": 4},
         ),
     ]
 
 
-def compare(shape: Shape, folder: Path) -> dict[str, Any]:
-    """Both systems on one shape, a vidrl step after each TRL step; per-step records of each."""
+def compare(shape: Shape, setting: str, folder: Path) -> dict[str, Any]:
+    """TRL at one setting against every vidrl variant on one shape, each vidrl variant stepping
+    after each TRL step; per-step records of each."""
+    from dataclasses import replace
+
     from e2e_trl import run_trl
 
     model_dir = build_tiny_model(folder / f"model_{shape.name}", seed=0, shape=shape.model)
     never_stop(model_dir)
     texts = make_prompts(model_dir, shape.recipe.prompts, shape.user_tokens)
-    vidrl = VidrlSteps(model_dir, texts, shape.recipe, shape.layout)
-    vidrl_steps: list[dict[str, float]] = []
+    recipe = replace(shape.recipe, trl_microbatch=shape.trl_microbatches[setting])
+    variants = {name: VidrlSteps(model_dir, texts, recipe, layout) for name, layout in shape.layouts.items()}
+    vidrl_steps: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     loads: list[float] = []
 
     def vidrl_step() -> None:
-        vidrl_steps.append(vidrl.step())
+        for name, steps in variants.items():
+            vidrl_steps[name].append(steps.step())
         loads.append(os.getloadavg()[0])
-        seconds = (trl_steps[-1].seconds, vidrl_steps[-1]["seconds"])  # the pair of steps just taken
-        line = f"shape {shape.name} step {len(vidrl_steps)}: TRL {seconds[0]:.2f} s, vidrl {seconds[1]:.2f} s"
+        times = ", ".join(f"{n} {s[-1]['seconds']:.2f} s" for n, s in vidrl_steps.items())
+        line = f"shape {shape.name} ({setting}) step {len(loads)}: TRL {trl_steps[-1].seconds:.2f} s, {times}"
         print(f"{line}, load {loads[-1]:.1f}", flush=True)
 
     trl_steps: list[Any] = []
     try:
-        run_trl(model_dir, texts, shape.recipe, digit_score, vidrl_step, folder / "trl", trl_steps)
+        run_trl(model_dir, texts, recipe, digit_score, vidrl_step, folder / f"trl_{setting}", trl_steps)
     finally:
-        vidrl.shutdown()
-    if len(vidrl_steps) != len(trl_steps):
-        raise RuntimeError(f"{len(trl_steps)} TRL steps but {len(vidrl_steps)} vidrl steps")
+        for steps in variants.values():
+            steps.shutdown()
     prompt_tokens = statistics.fmean(len(ids) for ids in tokenizer_ids(model_dir, texts))
     return {
         "shape": shape,
+        "setting": setting,
+        "recipe": recipe,
         "parameters": count_parameters(model_dir),
         "prompt_tokens": prompt_tokens,
         "trl": trl_steps,
@@ -141,47 +153,53 @@ def count_parameters(model_dir: Path) -> int:
 
 
 def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per system: medians over the measured steps (a busy neighbour on the shared cores
-    inflates single steps several-fold; the median keeps the typical step)."""
-    shape, skip = result["shape"], result["shape"].recipe.warmup
-    completions = shape.recipe.prompts * shape.recipe.samples
+    """One row for TRL and one per vidrl variant: medians over the measured steps (a busy
+    neighbour on the shared cores inflates single steps several-fold; the median keeps the
+    typical step)."""
+    shape, recipe = result["shape"], result["recipe"]
+    skip = recipe.warmup
+    completions = recipe.prompts * recipe.samples
     trl_seconds = statistics.median(r.seconds for r in result["trl"][skip:])
     trl_length = statistics.fmean(r.logs.get("completions/mean_length", 0.0) for r in result["trl"])
-    vidrl_seconds = statistics.median(m["seconds"] for m in result["vidrl"][skip:])
-    vidrl_length = statistics.fmean(m["mean_length"] for m in result["vidrl"])
     common = {
         "shape": shape.name,
         "parameters": result["parameters"],
         "completions_per_step": completions,
         "load_average": statistics.fmean(result["loads"][skip:]),
     }
-    phases = {
-        f"{k}": statistics.median(m[k] for m in result["vidrl"][skip:])
-        for k in ("rollout_seconds", "reward_seconds", "learn_seconds", "sync_seconds")
-    }
-    return [
+    micro = recipe.trl_microbatch
+    rows = [
         common
         | {
-            "system": "TRL GRPOTrainer",
+            "system": f"TRL GRPOTrainer ({result['setting']}: {micro} x {completions // micro})",
             "prompt_tokens": result["prompt_tokens"],
             "response_tokens": trl_length,
             "step_seconds": trl_seconds,
             "all_step_seconds": [r.seconds for r in result["trl"]],
             "completions_per_second": completions / trl_seconds,
             "speedup": 1.0,
-        },
-        common
-        | {
-            "system": "vidrl",
-            "prompt_tokens": statistics.fmean(m["prompt_tokens"] for m in result["vidrl"]),
-            "response_tokens": vidrl_length,
-            "step_seconds": vidrl_seconds,
-            "all_step_seconds": [m["seconds"] for m in result["vidrl"]],
-            "completions_per_second": completions / vidrl_seconds,
-            "speedup": trl_seconds / vidrl_seconds,
-            **phases,
-        },
+        }
     ]
+    for name, steps in result["vidrl"].items():
+        seconds = statistics.median(m["seconds"] for m in steps[skip:])
+        phases = {
+            k: statistics.median(m[k] for m in steps[skip:])
+            for k in ("rollout_seconds", "reward_seconds", "learn_seconds", "sync_seconds", "push_bytes")
+        }
+        rows.append(
+            common
+            | {
+                "system": name,
+                "prompt_tokens": statistics.fmean(m["prompt_tokens"] for m in steps),
+                "response_tokens": statistics.fmean(m["mean_length"] for m in steps),
+                "step_seconds": seconds,
+                "all_step_seconds": [m["seconds"] for m in steps],
+                "completions_per_second": completions / seconds,
+                "speedup": trl_seconds / seconds,
+                **phases,
+            }
+        )
+    return rows
 
 
 # ---------------------------------------------------------------- 2. scaling of vidrl's step
@@ -267,10 +285,20 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
 
 
 def phase_table(rows: list[dict[str, Any]]) -> str:
-    header = ["shape", "rollout s", "reward s", "learn s", "weight push s", "step s"]
-    phases = ("rollout_seconds", "reward_seconds", "learn_seconds", "sync_seconds", "step_seconds")
-    cells = [[r["shape"], *(f"{r[k]:.3f}" for k in phases)] for r in rows if r["system"] == "vidrl"]
-    return markdown(header, cells, text_columns=1)
+    header = ["shape", "variant", "rollout s", "reward s", "learn s", "weight push s", "push MB", "step s"]
+    phases = ("rollout_seconds", "reward_seconds", "learn_seconds", "sync_seconds")
+    cells = [
+        [
+            r["shape"],
+            r["system"],
+            *(f"{r[k]:.3f}" for k in phases),
+            f"{r['push_bytes'] / 1e6:.2f}",
+            f"{r['step_seconds']:.3f}",
+        ]
+        for r in rows
+        if not r["system"].startswith("TRL")
+    ]
+    return markdown(header, cells, text_columns=2)
 
 
 def scaling_table(rows: list[dict[str, Any]]) -> str:
@@ -317,11 +345,16 @@ def main() -> None:
         if wanted != [""]:
             # vidrl's local cluster (loopback only); its logical CPUs are bookkeeping here: the
             # engine, the ranks and TRL take turns on the cores.
-            with ray_session(load_run_config(None, ["cluster.local_num_cpus=4"])):
-                results = [compare(s, folder) for s in shapes(args) if s.name in wanted]
+            with ray_session(load_run_config(None, ["cluster.local_num_cpus=8"])):
+                results = [
+                    compare(s, setting, folder)
+                    for s in shapes(args)
+                    if s.name in wanted
+                    for setting in s.trl_microbatches
+                ]
         rows = [row for result in results for row in comparison_rows(result)]
         report["comparison"] = rows
-        report["settings"] = [asdict(r["shape"].recipe) | {"shape": r["shape"].name} for r in results]
+        report["settings"] = [asdict(r["recipe"]) | {"shape": r["shape"].name} for r in results]
         if rows:
             print("\n### End to end, text-only: vidrl against TRL's GRPOTrainer\n")
             print(comparison_table(rows))

@@ -87,6 +87,8 @@ class VidrlLayout:
     """CPUs of the one rollout worker (its vLLM engine's threads)."""
     microbatch_tokens: int
     """The learner's token budget per forward/backward (shared-prefix layout)."""
+    lora_rank: int | None = None
+    """Train a LoRA adapter of this rank instead of the whole model (pushes carry the adapter)."""
 
 
 class VidrlSteps:
@@ -113,6 +115,7 @@ class VidrlSteps:
                 max_model_len=4096,
                 dtype="float32",
                 kv_cache_bytes=512 << 20,
+                lora_rank=layout.lora_rank,
             ),
             str(model_dir),
         )
@@ -127,11 +130,16 @@ class VidrlSteps:
             lr=recipe.lr,
             max_tokens_per_microbatch=layout.microbatch_tokens,
             loss=self.loss,
+            lora=None
+            if layout.lora_rank is None
+            else {"rank": layout.lora_rank, "alpha": 2.0 * layout.lora_rank},
         )
         self.learner = LearnerGroup(str(model_dir), learner)
         self.version = 0
 
     def step(self) -> dict[str, float]:
+        import ray
+
         from vidrl.learner.batch import TrainGroup
         from vidrl.learner.grpo import group_advantages
         from vidrl.rewards.types import RewardInput
@@ -158,7 +166,9 @@ class VidrlSteps:
         self.learner.train_step(groups)
         clock["learn"] = time.perf_counter()
         self.version += 1
-        self.rollout.update_weights(self.version, self.learner.export_weights(self.version))
+        refs = self.learner.export_weights(self.version)
+        self.push_bytes = float(sum(ray.get(ref).nbytes for ref in refs))
+        self.rollout.update_weights(self.version, refs)
         clock["sync"] = time.perf_counter()
         phases = ("rollout", "reward", "learn", "sync")
         times = dict(zip(phases, np.diff([clock[k] for k in ("started", *phases)]), strict=True))
@@ -169,6 +179,7 @@ class VidrlSteps:
             **{f"{k}_seconds": float(v) for k, v in times.items()},
             "mean_length": statistics.fmean(lengths),
             "prompt_tokens": prompt_tokens,
+            "push_bytes": self.push_bytes,
         }
 
     def shutdown(self) -> None:

@@ -5,7 +5,9 @@
 A random Qwen2.5-VL of about 0.5B parameters with the real vocabulary (151,936 rows; the text
 model is Qwen2-0.5B's shape, tied embeddings; the tiny vision tower), one GRPO step of one group
 of 8 responses x 512 tokens on a video prompt of about 1,024 tokens, KL on (a reference model),
-activation checkpointing on, bf16 compute on float32 masters, weights exported for a bf16 engine.
+activation checkpointing on, float32 masters with bf16 compute where the CPU has bf16 hardware
+(AMX or AVX-512 BF16; float32 otherwise: emulated bf16 is slower), weights exported for a bf16
+engine.
 Host memory is each process's peak resident set (VmHWM, reset between phases: vidrl.learner.memory).
 
 1. The log-prob head alone, in this process: the textbook path (logits [N, V], a float32
@@ -116,7 +118,17 @@ def video_group(model_dir: Path) -> Any:
     )
 
 
-def learner_memory(model_dir: Path, group: Any, ranks: int) -> dict[str, Any]:
+def fast_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (on AVX2-only CPUs bf16 matmuls were 5x slower
+    than float32 here)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def learner_memory(model_dir: Path, group: Any, ranks: int, param_dtype: str) -> dict[str, Any]:
     import ray
 
     from vidrl.learner.config import LearnerConfig
@@ -126,7 +138,7 @@ def learner_memory(model_dir: Path, group: Any, ranks: int) -> dict[str, Any]:
     cfg = LearnerConfig(
         num_ranks=ranks,
         cpus_per_rank=2 / ranks,
-        param_dtype="bfloat16",
+        param_dtype=param_dtype,
         gradient_checkpointing=True,
         max_tokens_per_microbatch=16_384,
         loss=LossConfig(kl_coef=1e-2),
@@ -140,6 +152,7 @@ def learner_memory(model_dir: Path, group: Any, ranks: int) -> dict[str, Any]:
         del refs
         return {
             "ranks": ranks,
+            "param_dtype": param_dtype,
             "build": learner.build_memory,
             "step_peak_host_bytes": step.get("peak_host_bytes", 0.0),
             "step_seconds": step["step_seconds"],
@@ -165,7 +178,8 @@ def print_tables(
     model_bytes = parameters * 4
     print(
         f"\n## Learner: {parameters / 1e6:.0f}M parameters ({model_bytes / GB:.2f} GB float32), "
-        f"prompt {prompt} tokens + {RESPONSES} x {RESPONSE_TOKENS}, KL on, bf16 compute\n"
+        f"prompt {prompt} tokens + {RESPONSES} x {RESPONSE_TOKENS}, KL on, "
+        f"{learners[0]['param_dtype']} compute\n"
     )
     print(
         "| ranks | start | after policy | after reference | after optimizer | step peak | export peak "
@@ -188,9 +202,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--param-dtype", choices=["float32", "bfloat16"], default="bfloat16" if fast_bf16() else "float32"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     head = head_memory(4096, SHAPE.text_hidden_size, SHAPE.vocab_size or 0)
+    print(json.dumps({"head": head}), flush=True)
     from vidrl.cluster.build import init_ray
     from vidrl.config import RunConfig
 
@@ -201,15 +219,17 @@ def main() -> None:
         import ray
 
         init_ray(RunConfig())
+        learners: list[dict[str, Any]] = []
         try:
-            learners = [learner_memory(model_dir, group, ranks) for ranks in args.ranks]
+            for ranks in args.ranks:  # each case is written as soon as it is measured
+                learners.append(learner_memory(model_dir, group, ranks, args.param_dtype))
+                print(json.dumps(learners[-1]), flush=True)
+                if args.out:
+                    report = {"head": head, "learners": learners, "parameters": parameters}
+                    args.out.write_text(json.dumps(report, indent=2))
         finally:
             ray.shutdown()
     print_tables(head, learners, parameters, len(group.prompt_ids))
-    if args.out:
-        args.out.write_text(
-            json.dumps({"head": head, "learners": learners, "parameters": parameters}, indent=2)
-        )
 
 
 def _parameters(model_dir: Path) -> int:

@@ -16,6 +16,8 @@ Run: `.venv/bin/python bench/rollout.py` (CPU, a few minutes; nothing is downloa
    has reloaded them in place and reset its caches), against `ray.put` of the same buckets
    plus `ray.get` of them in another actor. Measured on the tiny model and on a larger one
    (about 50M parameters), whose per-MB figure is the meaningful one.
+3. LoRA. On the larger model's engine (started with LoRA support): a rank-16 adapter pushed
+   (loaded as a new vLLM adapter) against the full weights pushed, bytes and time.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def parse_args() -> argparse.Namespace:
         help="intra-op (OpenMP) threads of each engine; with 2 on a shared 2-core machine the "
         "figures follow the load, since every parallel region waits for a descheduled thread",
     )
+    parser.add_argument("--lora-rank", type=int, default=16, help="rank of the adapter pushed")
     return parser.parse_args()
 
 
@@ -229,10 +232,35 @@ def weight_update(pool: RolloutPool, model_dir: Path, repeats: int) -> UpdateTim
     return UpdateTiming(megabytes, *medians)
 
 
+def adapter_update(pool: RolloutPool, model_dir: Path, rank: int, repeats: int) -> tuple[float, float]:
+    """(MB, median seconds) of pushing a rank-`rank` LoRA adapter of the model (bf16, random B):
+    ray.put of its buckets + RolloutPool.update_weights, which loads it as a new vLLM adapter."""
+    from vidrl.learner.config import LoraSettings
+    from vidrl.learner.lora import adapter_config_json, inject_adapters, is_adapter, peft_tensors
+
+    settings = LoraSettings(rank=rank, alpha=2.0 * rank)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.bfloat16)
+    inject_adapters(model, settings)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if is_adapter(name):
+                param.normal_(0.0, 0.01)
+    named = list(peft_tensors((n, p.detach()) for n, p in model.named_parameters()))
+    config = adapter_config_json(settings, str(model_dir))
+    seconds = []
+    for version in range(100, 100 + repeats + 1):
+        buckets = [pack_bucket(version, group, config) for group in split_into_buckets(named, 64 << 20)]
+        start = time.perf_counter()
+        pool.update_weights(version, bucket_refs(buckets))
+        seconds.append(time.perf_counter() - start)
+    return sum(b.nbytes for b in buckets) / MB, statistics.median(seconds[1:])
+
+
 def print_tables(
     args: argparse.Namespace,
     rates: Throughput,
     updates: dict[str, UpdateTiming],
+    adapter: tuple[float, float],
 ) -> None:
     shape = f"{args.prompts} prompts x {args.samples} samples x {args.tokens} tokens"
     threads = f"{args.threads} intra-op thread{'s' if args.threads > 1 else ''} per engine"
@@ -262,6 +290,16 @@ def print_tables(
         cells = " | ".join(f"{1000 * seconds / u.megabytes:.2f}" for seconds in times)
         ratios = f"{u.update / u.put_get:.1f} | {u.reload / u.copy:.1f}"
         print(f"| {name} | {u.megabytes:.1f} | {cells} | {ratios} |")
+    full = updates["larger"]
+    megabytes, seconds = adapter
+    title = f"LoRA against full weights, larger model, one engine started with LoRA (rank {args.lora_rank})"
+    print(f"\n### {title}\n")
+    print("| push | MB | update ms | vs full |\n|---|---:|---:|---:|")
+    print(f"| full weights (bf16) | {full.megabytes:.1f} | {1000 * full.update:.0f} | 1.00 |")
+    print(
+        f"| LoRA adapter r={args.lora_rank} (bf16) | {megabytes:.2f} | {1000 * seconds:.0f} "
+        f"| {seconds / full.update:.2f} (bytes {megabytes / full.megabytes:.3f}) |"
+    )
 
 
 def main() -> None:
@@ -298,11 +336,13 @@ def main() -> None:
         rates = throughput(cfg, pool, tiny, prompts, args.repeats)
         updates = {"tiny": weight_update(pool, tiny, args.repeats)}
         pool.shutdown()
-        larger_pool = RolloutPool(cfg, str(larger))
+        # The larger model's engine takes adapters too: full pushes and adapter pushes, one engine.
+        larger_pool = RolloutPool(cfg.model_copy(update={"lora_rank": args.lora_rank}), str(larger))
         updates["larger"] = weight_update(larger_pool, larger, args.repeats)
+        adapter = adapter_update(larger_pool, larger, args.lora_rank, args.repeats)
         larger_pool.shutdown()
         ray.shutdown()
-    print_tables(args, rates, updates)
+    print_tables(args, rates, updates, adapter)
 
 
 if __name__ == "__main__":
