@@ -194,6 +194,29 @@ def test_two_ranks_match_one_and_resume_exactly(
     assert sum(p.numel() for p in hf.parameters()) > 0
 
 
+def test_a_rank_without_work_runs_the_idle_group_and_changes_nothing(
+    cluster: None, model_dir: Path, groups: list[TrainGroup]
+) -> None:
+    """One group on two ranks: rank 1 has nothing to do and runs the idle group (one token, no
+    video, so its vision tower runs on the dummy input in the real tower's place) at weight 0,
+    through the learner's own old log-probs and the reference model too; the update is one rank's."""
+    from vidrl.learner.group import LearnerGroup
+    from vidrl.learner.worker import idle_group
+
+    assert idle_group([0, 1, 3]).prompt_ids.tolist() == [2]  # never a vision placeholder
+    updates = {}
+    for ranks in (1, 2):
+        cfg = gradient_like(num_ranks=ranks, old_logprobs="recompute", loss=LossConfig(kl_coef=0.1))
+        learner = LearnerGroup(str(model_dir), cfg, seed=0)
+        try:
+            metrics = learner.train_step(groups[:1])
+            updates[ranks] = exported(learner, 1)
+        finally:
+            learner.shutdown()
+        assert metrics["tokens"] == groups[0].cost(True)  # the idle group is not counted
+    assert max_difference(updates[1], updates[2]) < 1e-5
+
+
 def test_reference_in_compute_dtype_offloaded_and_weights_out_in_the_engine_dtype(
     cluster: None, model_dir: Path, groups: list[TrainGroup]
 ) -> None:

@@ -78,7 +78,7 @@ class UpdatePlan:
 
     microbatches:     this rank's micro-batches, each a tuple of whole groups (may be empty).
     num_microbatches: how many forward/backward passes every rank runs for this update (the
-                      most any rank has: a rank with fewer runs its fallback group at weight 0).
+                      most any rank has: a rank with fewer runs an idle group at weight 0).
     totals:           the update's counts over all ranks (its loss denominators).
     """
 

@@ -88,10 +88,9 @@ class LearnerGroup:
         for indices in split_into_updates(groups, count):
             for rank, plan in enumerate(update_plans([groups[i] for i in indices], self.cfg, budget)):
                 per_rank[rank].append(plan)
-        fallback = [groups[0]]
         results = ray.get(
             [
-                worker.train_step.remote(plans, epochs, mode, fallback)
+                worker.train_step.remote(plans, epochs, mode)
                 for worker, plans in zip(self.workers, per_rank, strict=True)
             ]
         )

