@@ -244,6 +244,7 @@ def test_reference_in_compute_dtype_offloaded_and_weights_out_in_the_engine_dtyp
     assert sum(t.numel() * t.element_size() for t in start.values()) == 2 * parameters
     assert first["kl"] == 0.0 and second["kl"] > 0.0
     assert all(0 < rank["start_host_bytes"] <= rank["optimizer_host_bytes"] for rank in build)
+    assert all(0 < rank["policy_anon_bytes"] <= rank["policy_host_bytes"] for rank in build)
     assert first["peak_host_bytes"] > 0
 
 

@@ -50,6 +50,22 @@ class PeakMemory:
         return out
 
 
+def resident_bytes() -> dict[str, int]:
+    """This process's resident set now, split: "anon" (its own allocations: tensors, heap) and
+    "file" (pages of mapped files, such as a memory-mapped checkpoint: page cache the kernel can
+    drop). Empty where /proc is not readable."""
+    try:
+        status = _STATUS.read_text()
+    except OSError:
+        return {}
+    out = {}
+    for key, field in (("anon", "RssAnon"), ("file", "RssFile")):
+        match = re.search(rf"{field}:\s+(\d+) kB", status)
+        if match:
+            out[key] = int(match.group(1)) * 1024
+    return out
+
+
 def peak_host_bytes() -> int | None:
     """VmHWM of this process in bytes, or None where /proc is not readable."""
     try:

@@ -48,7 +48,7 @@ from vidrl.learner.losses import (
     rollout_logprobs,
     sft_microbatch,
 )
-from vidrl.learner.memory import PeakMemory, return_freed_host_memory
+from vidrl.learner.memory import PeakMemory, resident_bytes, return_freed_host_memory
 from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, vision_tower_in_lockstep
 from vidrl.learner.prefix import PackedGroup, pack_group
 from vidrl.learner.schedule import lr_lambda
@@ -102,9 +102,17 @@ class LearnerWorker:
     def build(self) -> dict[str, float]:
         """Build, shard and load the policy (and the reference model when KL is used), then set
         up optimisation. Returns this rank's host memory in bytes: resident at the start, and
-        the peak after each of policy, reference and optimizer state (vidrl.learner.memory)."""
+        the peak after each of policy, reference and optimizer state ("{phase}_host_bytes"),
+        and the anonymous memory resident at the end of each ("{phase}_anon_bytes": what the
+        rank keeps, without the checkpoint's file pages read on the way; vidrl.learner.memory)."""
         self.memory.reset()
-        phases = {"start": self.memory.host()}
+        phases: dict[str, float] = {}
+
+        def mark(phase: str) -> None:
+            phases[f"{phase}_host_bytes"] = float(self.memory.host())
+            phases[f"{phase}_anon_bytes"] = float(resident_bytes().get("anon", 0))
+
+        mark("start")
         self.attention = choose_attention(self.cfg, self.device)
         torch.manual_seed(self.seed)
         self.model = build_sharded(
@@ -114,7 +122,7 @@ class LearnerWorker:
         # The engine never samples the family's vision placeholders: they leave the learner's
         # distribution too (one list for both: vidrl.models).
         self.banned_ids = family_of(self.config).placeholder_token_ids(self.config)
-        phases["policy"] = self.memory.host()
+        mark("policy")
         self.reference = None
         # With LoRA the reference policy is the base model: the policy with its adapters off.
         if self.cfg.loss.kl_coef > 0 and self.cfg.lora is None:
@@ -123,7 +131,7 @@ class LearnerWorker:
             self.reference = build_sharded(
                 self.model_path, self.attention, self.cfg, self.device, dtype, trainable=False
             )
-        phases["reference"] = self.memory.host()
+        mark("reference")
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=self.cfg.lr,
@@ -136,8 +144,8 @@ class LearnerWorker:
         # with a zero-gradient step (advancing Adam's step count) the first time a checkpoint
         # is saved, so that saving would change the training that follows.
         materialise_optimizer_state(self.optimizer)
-        phases["optimizer"] = self.memory.host()
-        return {f"{phase}_host_bytes": float(value) for phase, value in phases.items()}
+        mark("optimizer")
+        return phases
 
     def offload(self) -> float:
         """Move this rank's parameter shards, gradients and optimizer state to host memory, so a
