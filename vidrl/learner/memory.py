@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import re
 from pathlib import Path
@@ -50,26 +49,21 @@ class PeakMemory:
         return out
 
 
-def resident_bytes() -> dict[str, int]:
-    """This process's resident set now, split: "anon" (its own allocations: tensors, heap) and
-    "file" (pages of mapped files, such as a memory-mapped checkpoint: page cache the kernel can
-    drop). Empty where /proc is not readable."""
-    try:
-        status = _STATUS.read_text()
-    except OSError:
-        return {}
-    out = {}
-    for key, field in (("anon", "RssAnon"), ("file", "RssFile")):
-        match = re.search(rf"{field}:\s+(\d+) kB", status)
-        if match:
-            out[key] = int(match.group(1)) * 1024
-    return out
+def resident_anon_bytes() -> int | None:
+    """Anonymous memory resident now (RssAnon: this process's own allocations, tensors and heap,
+    without the pages of mapped files such as a memory-mapped checkpoint, which are page cache
+    the kernel can drop), or None where /proc is not readable."""
+    return _status_bytes("RssAnon")
 
 
 def peak_host_bytes() -> int | None:
     """VmHWM of this process in bytes, or None where /proc is not readable."""
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(field: str) -> int | None:
     try:
-        match = re.search(r"VmHWM:\s+(\d+) kB", _STATUS.read_text())
+        match = re.search(rf"{field}:\s+(\d+) kB", _STATUS.read_text())
     except OSError:
         return None
     return int(match.group(1)) * 1024 if match else None
@@ -90,10 +84,8 @@ def return_freed_host_memory() -> bool:
     (set explicitly, which also turns glibc's adjustment off) and an equal trim threshold keep
     the resident set at what is live. Returns False where the C library is not glibc.
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):
         return False
     done = all(

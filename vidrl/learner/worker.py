@@ -48,7 +48,7 @@ from vidrl.learner.losses import (
     rollout_logprobs,
     sft_microbatch,
 )
-from vidrl.learner.memory import PeakMemory, resident_bytes, return_freed_host_memory
+from vidrl.learner.memory import PeakMemory, resident_anon_bytes, return_freed_host_memory
 from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, vision_tower_in_lockstep
 from vidrl.learner.prefix import PackedGroup, pack_group
 from vidrl.learner.schedule import lr_lambda
@@ -110,7 +110,7 @@ class LearnerWorker:
 
         def mark(phase: str) -> None:
             phases[f"{phase}_host_bytes"] = float(self.memory.host())
-            phases[f"{phase}_anon_bytes"] = float(resident_bytes().get("anon", 0))
+            phases[f"{phase}_anon_bytes"] = float(resident_anon_bytes() or 0)
 
         mark("start")
         self.attention = choose_attention(self.cfg, self.device)
