@@ -15,7 +15,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint format install bench-deps clean
+.PHONY: demo test test-fast lint format install bench-deps clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ $(TOOLS)/.installed: scripts/install_tools.sh
 
 test: lint $(TOOLS)/.installed
 	$(BIN)/python -m pytest -q
+
+# Pure logic only: no Ray, no vLLM, no process group (conftest.py fails a test that starts one).
+test-fast: $(STAMP)
+	VIDRL_FAST_TESTS=1 $(BIN)/python -m pytest -q -m "not ray and not vllm and not dist and not slow"
 
 # Benchmark-only peers (TRL for bench/e2e.py), pinned, on top of the lock without resolution.
 bench-deps: $(STAMP)

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from vidrl.learner.config import HostMallocSettings
+
 StepFn = Callable[[], dict[str, float]]
 
 
@@ -38,3 +40,13 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_colum
     rule = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
     for cells in (header, rule, *rows):
         print("| " + " | ".join(cells) + " |")
+
+
+def host_malloc_settings(text: str) -> HostMallocSettings:
+    """learner.host_malloc from "mmap=BYTES|none,trim=never|microbatch|step" (either part may go)."""
+    fields = dict(part.split("=") for part in text.split(",") if part)
+    mmap = fields.get("mmap", "none")
+    return HostMallocSettings(
+        mmap_threshold_bytes=None if mmap == "none" else int(mmap),
+        trim_every=fields.get("trim", "never"),
+    )

@@ -1,7 +1,7 @@
 """The seed papers' claims, measured in miniature over seeds, on the demo's task.
 
 Run: `.venv/bin/python bench/claims.py [--seeds 0 1 2] [--out bench_results/claims.json]`
-(CPU; nothing is downloaded; see README for the time it takes).
+(CPU; nothing is downloaded; see docs/benchmarks.md for the time it takes).
 
 Every seed s builds its own tiny model (initialised with s) and its own SFT warm start (sample
 order s) on the demo's dataset (the same videos for every seed), then trains every arm from
@@ -38,15 +38,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vidrl.cluster.build import ray_session
+from vidrl.cluster.config import RunConfig, load_run_config
 from vidrl.cluster.job import train, warm_start
-from vidrl.config import RunConfig, load_run_config
+from vidrl.cluster.select_job import run_select
 from vidrl.data.readers import load_samples, write_samples
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
 from vidrl.data.synth import SynthResult, synthesize
 from vidrl.data.tiny import build_tiny_model
 from vidrl.demo import DEMO_OVERRIDES, DEMO_TEST_FRACTION, DEMO_VIDEOS
-from vidrl.selection.run import run_select
 
 FORMAT = "{name: format, fn: format_reward, weight: 0.5, kwargs: {grammar: answer_only+task}}"
 IOU = "{name: tvg_iou, fn: tvg_iou, tasks: [tvg], kwargs: {style: any}}"

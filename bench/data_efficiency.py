@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from vidrl.cluster.build import ray_session
+from vidrl.cluster.config import RunConfig, load_run_config
 from vidrl.cluster.job import train, warm_start
-from vidrl.config import RunConfig, load_run_config
+from vidrl.cluster.select_job import run_select
 from vidrl.data.config import DataConfig
 from vidrl.data.readers import load_samples, write_samples
 from vidrl.data.skips import SkipLog
 from vidrl.data.synth import synthesize
 from vidrl.data.tiny import build_tiny_model
 from vidrl.demo import DEMO_OVERRIDES
-from vidrl.selection.run import run_select
 
 
 def config(root: Path, model: Path, train_path: Path, test_path: Path, *extra: str) -> RunConfig:

@@ -40,7 +40,7 @@ from typing import Any
 from e2e_vidrl import VidrlLayout, VidrlSteps, digit_score, make_prompts, never_stop
 
 from vidrl.cluster.build import ray_session
-from vidrl.config import load_run_config
+from vidrl.cluster.config import load_run_config
 from vidrl.data.tiny import TinyQwenShape, build_tiny_model
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -212,8 +212,8 @@ SCALING = ((4, 8), (8, 8), (16, 8), (8, 4), (8, 16))
 def scaling(folder: Path, steps: int) -> list[dict[str, Any]]:
     """The demo's configuration (no warm start, synchronous) at each point of SCALING; medians of
     the measured steps' phase times."""
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.job import train
-    from vidrl.config import load_run_config
     from vidrl.data.synth import synthesize
 
     data = synthesize(folder / "data", num_videos=16, seed=0)

@@ -140,8 +140,8 @@ class VidrlSteps:
     def step(self) -> dict[str, float]:
         import ray
 
-        from vidrl.learner.batch import TrainGroup
         from vidrl.learner.grpo import group_advantages
+        from vidrl.learner.types import TrainGroup
         from vidrl.rewards.types import RewardInput
 
         clock = {"started": time.perf_counter()}

@@ -1,6 +1,7 @@
 """The learner's throughput: FSDP2 ranks against a plain torch loop, shared prefixes, real size.
 
     .venv/bin/python bench/learner.py [--steps 5] [--prefix-prompts 1] [--skip-prefix] ...
+    .venv/bin/python bench/learner.py --quick     # about a minute: run it before and after a learner change
 
 Prints three markdown tables:
 
@@ -39,17 +40,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_utils import Row, StepFn, measure, print_table
+from bench_utils import Row, StepFn, host_malloc_settings, measure, print_table
 from torch import nn
 from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from vidrl.data.tiny import build_tiny_model
-from vidrl.learner.batch import TrainGroup, VisionArrays, micro_batches, step_totals
-from vidrl.learner.config import LearnerConfig
+from vidrl.learner.batch import micro_batches, step_totals
+from vidrl.learner.config import HostMallocSettings, LearnerConfig
 from vidrl.learner.forward import config_prompt_position_ids
 from vidrl.learner.grpo import group_advantages, grpo_loss
 from vidrl.learner.loss_config import LossConfig
 from vidrl.learner.prefix import response_positions
+from vidrl.learner.types import TrainGroup, VisionInputs
 
 # ---------------------------------------------------------------- (a) the batch
 
@@ -69,7 +71,7 @@ def tiny_batch(model_dir: Path, args: argparse.Namespace) -> list[TrainGroup]:
         out = processor(text=[text], videos=[frames], return_tensors="np", videos_kwargs=kwargs)
         rewards = torch.from_numpy(rng.random((1, args.samples)))  # [1, G]
         responses = rng.integers(10, 300, (args.samples, args.response_tokens)).astype(np.int64)
-        vision = VisionArrays(
+        vision = VisionInputs(
             pixel_values_videos=out["pixel_values_videos"].astype(np.float32),
             video_grid_thw=out["video_grid_thw"].astype(np.int64),
             second_per_grid_ts=np.asarray(out["second_per_grid_ts"], np.float64),
@@ -205,6 +207,7 @@ def tiny_config(args: argparse.Namespace, ranks: int, layout: str, cpus: float) 
         max_tokens_per_microbatch=args.microbatch_tokens,
         shared_prefix=layout == "shared",
         loss=LossConfig(kl_coef=args.kl_coef),
+        host_malloc=args.host_malloc,
     )
 
 
@@ -249,6 +252,9 @@ def section_tiny(args: argparse.Namespace, folder: Path) -> None:
         f"{args.steps} steps after {args.warmup}; load average {os.getloadavg()[0]:.1f}\n"
     )
     print_tiny_table([row for row, _ in runs], plain_tokens, args.warmup)
+    if args.quick:
+        print_guard([row for row, _ in runs], args.warmup)
+        return
     print_metrics(runs[-1][0], args.warmup)
 
 
@@ -264,6 +270,25 @@ def print_tiny_table(rows: Sequence[Row], plain_tokens: int, skip: int) -> None:
     header = ["run", "ranks x threads", "layout", "tokens run", "wall s", "rank compute s"]
     header += ["tokens run/s", "batch tokens/s", "vs plain loop", "step-1 loss"]
     print_table(header, table, text_columns=3)
+
+
+GUARD = {
+    ("2 x 1", "plain"): 0.95,
+    ("1 x 2", "plain"): 0.85,
+    ("1 x 2", "shared"): 3.0,
+    ("2 x 1", "shared"): 3.0,
+}
+"""LearnerGroup / plain loop floors (issue #22): below one, the learner lost speed it had."""
+
+
+def print_guard(rows: Sequence[Row], skip: int) -> None:
+    """Each LearnerGroup row's ratio to the plain loop against its floor, one line each."""
+    base = rows[0].mean("wall_seconds", skip)
+    print(f"\nLearnerGroup / plain loop (load average {os.getloadavg()[0]:.1f}):")
+    for row in rows[1:]:
+        ratio, floor = base / row.mean("wall_seconds", skip), GUARD.get((row.ranks, row.layout))
+        verdict = "" if floor is None else f" (floor {floor:.2f}x: {'ok' if ratio >= floor else 'BELOW'})"
+        print(f"  {row.ranks} {row.layout:<6} {ratio:.2f}x{verdict}")
 
 
 def print_metrics(row: Row, skip: int) -> None:
@@ -323,6 +348,13 @@ def parse_args() -> argparse.Namespace:
     add("--real-microbatch-tokens", type=int, default=16384, help="(c) micro-batch budget")
     add("--real-warmup", type=int, default=1, help="(c) steps left out of the means")
     add("--real-steps", type=int, default=3, help="(c) measured steps")
+    add(
+        "--host-malloc",
+        type=host_malloc_settings,
+        default=HostMallocSettings(),
+        help="(a) e.g. mmap=131072,trim=step",
+    )
+    add("--quick", action="store_true", help="the tiny section only, with its ratios against the floors")
     for section in ("tiny", "prefix", "real"):
         add(f"--skip-{section}", action="store_true", help=f"leave out the {section} section")
     return parser.parse_args()
@@ -338,6 +370,8 @@ def _names(text: str) -> list[str]:
 
 def main() -> None:
     args = parse_args()
+    if args.quick:  # the regression guard: the tiny section alone, and its ratios against the targets
+        args.skip_prefix = args.skip_real = True
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as name:
         if not args.skip_tiny:

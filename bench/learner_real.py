@@ -18,9 +18,9 @@ import torch
 from bench_utils import Row, measure, print_table
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from vidrl.learner.batch import TrainGroup, VisionArrays
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.loss_config import LossConfig
+from vidrl.learner.types import TrainGroup, VisionInputs
 
 # fmt: off
 # Dense bf16 tensor-core peaks (no sparsity) from NVIDIA's data sheets, by a substring of
@@ -65,7 +65,7 @@ def real_batch(config: Qwen2_5_VLConfig, args: argparse.Namespace) -> list[Train
         video = [config.video_token_id] * (patches // vision_cfg.spatial_merge_size**2)
         prompt = [*text[:20], config.vision_start_token_id, *video, config.vision_end_token_id]
         responses = rng.integers(1000, 100_000, (args.samples, args.real_response_tokens))
-        vision = VisionArrays(
+        vision = VisionInputs(
             pixel_values_videos=rng.standard_normal((patches, patch_dim), np.float32),
             video_grid_thw=grid,
             second_per_grid_ts=np.array([1.0]),
@@ -118,7 +118,8 @@ def time_worker(
     row: Row,
 ) -> None:
     """Build a rank, plan the step as LearnerGroup does for one rank, and time its steps."""
-    from vidrl.learner.group import combine_metrics, update_plans
+    from vidrl.learner.batch import update_plans
+    from vidrl.learner.types import merge_rank_metrics
     from vidrl.learner.worker import LearnerWorker
 
     worker = LearnerWorker(0, 1, str(model_dir), cfg, seed=0)
@@ -127,10 +128,10 @@ def time_worker(
         port = sock.getsockname()[1]
     worker.init_process_group("127.0.0.1", port)
     worker.build()
-    plans = update_plans(groups, cfg, cfg.max_tokens_per_microbatch)
+    (plan,) = update_plans(groups, cfg, cfg.max_tokens_per_microbatch)  # one update on one rank
 
     def step() -> dict[str, float]:
-        return combine_metrics([worker.train_step(plans, 1, "grpo", groups[:1])])
+        return merge_rank_metrics([worker.train_step([plan], 1, "grpo")])
 
     run = (row, step)
     measure([run], args.real_warmup)

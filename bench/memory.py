@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_utils import host_malloc_settings
 
 from vidrl.data.tiny import TinyQwenShape, build_tiny_model
+from vidrl.learner.config import HostMallocSettings
 from vidrl.learner.memory import PeakMemory
 
 GB = 1e9
@@ -87,7 +89,7 @@ def video_group(model_dir: Path) -> Any:
     """One group: a real video prompt through the model's processor, 8 random 512-token responses."""
     from transformers import AutoProcessor
 
-    from vidrl.learner.batch import TrainGroup, VisionArrays
+    from vidrl.learner.types import TrainGroup, VisionInputs
 
     processor = AutoProcessor.from_pretrained(model_dir)
     rng = np.random.default_rng(0)
@@ -102,7 +104,7 @@ def video_group(model_dir: Path) -> Any:
         return_tensors="np",
         videos_kwargs={"do_sample_frames": False, "fps": 2.0},
     )
-    vision = VisionArrays(
+    vision = VisionInputs(
         pixel_values_videos=out["pixel_values_videos"].astype(np.float32),
         video_grid_thw=out["video_grid_thw"].astype(np.int64),
         second_per_grid_ts=np.asarray(out["second_per_grid_ts"], dtype=np.float64),
@@ -128,7 +130,9 @@ def fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def learner_memory(model_dir: Path, group: Any, ranks: int, param_dtype: str) -> dict[str, Any]:
+def learner_memory(
+    model_dir: Path, group: Any, ranks: int, param_dtype: str, host_malloc: HostMallocSettings
+) -> dict[str, Any]:
     import ray
 
     from vidrl.learner.config import LearnerConfig
@@ -142,6 +146,7 @@ def learner_memory(model_dir: Path, group: Any, ranks: int, param_dtype: str) ->
         gradient_checkpointing=True,
         max_tokens_per_microbatch=16_384,
         loss=LossConfig(kl_coef=1e-2),
+        host_malloc=host_malloc,
     )
     learner = LearnerGroup(str(model_dir), cfg, seed=0, export_dtype="bfloat16")
     try:
@@ -169,12 +174,14 @@ def learner_memory(model_dir: Path, group: Any, ranks: int, param_dtype: str) ->
 def print_tables(
     head: dict[str, float], learners: list[dict[str, Any]], parameters: int, prompt: int
 ) -> None:
-    print("\n## Log-prob head, N = 4,096 tokens x V = 151,936 (extra peak host memory, forward + backward)\n")
-    textbook, chunked = head["textbook_extra_bytes"], head["chunked_extra_bytes"]
-    print("| path | extra peak | vs textbook |\n| --- | ---: | ---: |")
-    print(f"| textbook [N, V] float32 | {textbook / GB:.2f} GB | 1.00 |")
-    print(f"| vidrl chunked (256 tokens) | {chunked / GB:.2f} GB | {chunked / textbook:.3f} |")
-    print(f"\none float32 [N, V] tensor: {head['one_float32_NxV_bytes'] / GB:.2f} GB")
+    if head:
+        title = "Log-prob head, N = 4,096 tokens x V = 151,936 (extra peak host memory, forward + backward)"
+        print(f"\n## {title}\n")
+        textbook, chunked = head["textbook_extra_bytes"], head["chunked_extra_bytes"]
+        print("| path | extra peak | vs textbook |\n| --- | ---: | ---: |")
+        print(f"| textbook [N, V] float32 | {textbook / GB:.2f} GB | 1.00 |")
+        print(f"| vidrl chunked (256 tokens) | {chunked / GB:.2f} GB | {chunked / textbook:.3f} |")
+        print(f"\none float32 [N, V] tensor: {head['one_float32_NxV_bytes'] / GB:.2f} GB")
     model_bytes = parameters * 4
     print(
         f"\n## Learner: {parameters / 1e6:.0f}M parameters ({model_bytes / GB:.2f} GB float32), "
@@ -221,12 +228,19 @@ def main() -> None:
     parser.add_argument(
         "--param-dtype", choices=["float32", "bfloat16"], default="bfloat16" if fast_bf16() else "float32"
     )
+    parser.add_argument(
+        "--host-malloc",
+        type=host_malloc_settings,
+        default=HostMallocSettings(),
+        help="e.g. mmap=131072,trim=step",
+    )
+    parser.add_argument("--skip-head", action="store_true", help="leave out the log-prob head's figures")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    head = head_memory(4096, SHAPE.text_hidden_size, SHAPE.vocab_size or 0)
-    print(json.dumps({"head": head}), flush=True)
+    head = {} if args.skip_head else head_memory(4096, SHAPE.text_hidden_size, SHAPE.vocab_size or 0)
+    print(json.dumps({"head": head, "host_malloc": args.host_malloc.model_dump()}), flush=True)
     from vidrl.cluster.build import init_ray
-    from vidrl.config import RunConfig
+    from vidrl.cluster.config import RunConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", seed=0, shape=SHAPE)
@@ -238,7 +252,7 @@ def main() -> None:
         learners: list[dict[str, Any]] = []
         try:
             for ranks in args.ranks:  # each case is written as soon as it is measured
-                learners.append(learner_memory(model_dir, group, ranks, args.param_dtype))
+                learners.append(learner_memory(model_dir, group, ranks, args.param_dtype, args.host_malloc))
                 print(json.dumps(learners[-1]), flush=True)
                 if args.out:
                     report = {"head": head, "learners": learners, "parameters": parameters}

@@ -32,17 +32,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from bench_utils import host_malloc_settings
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from vidrl.data.tiny import TinyQwenShape, build_tiny_model
 from vidrl.learner.forward import (
-    ResponseLogprobs,
-    VisionInputs,
     config_prompt_position_ids,
     response_logprobs_plain,
     response_logprobs_shared,
 )
-from vidrl.learner.prefix import PackedGroup, pack_group, split_group, token_counts
+from vidrl.learner.memory import HostMalloc, peak_host_bytes
+from vidrl.learner.prefix import pack_group, split_group
+from vidrl.learner.types import PackedGroup, ResponseLogprobs, VisionInputs
 
 # ~19M parameters: 6 x 3.0M in the decoder layers, 0.55M embeddings and head, 0.36M vision.
 BENCH_SHAPE = TinyQwenShape(
@@ -128,7 +129,12 @@ def micro_batches(
 
 
 def forward_backward(
-    model: torch.nn.Module, work: Workload, layout: str, precision: str, sequences_per_batch: int
+    model: torch.nn.Module,
+    work: Workload,
+    layout: str,
+    precision: str,
+    sequences_per_batch: int,
+    host: HostMalloc | None = None,
 ) -> Timing:
     """One step's forward+backward in micro-batches; the loss is a token mean over the step."""
     fn: LogprobFn = response_logprobs_shared if layout == "shared" else response_logprobs_plain
@@ -146,9 +152,17 @@ def forward_backward(
             loss = loss - (adv * record.logprobs * record.mask).sum()
         (loss / work.response_tokens).backward()
         logprobs.extend(r.logprobs.detach() for r in records)
+        del loss, records
+        if host is not None:
+            host.after("microbatch")
+    if host is not None:
+        host.after("step")
     seconds = time.perf_counter() - start
-    shared_tokens, plain_tokens = token_counts(work.groups)
-    tokens = shared_tokens if layout == "shared" else plain_tokens
+    # shared: P + sum(L) per group; plain: G copies of the prompt, G * P + sum(L).
+    copies = [1 if layout == "shared" else g.num_responses for g in work.groups]
+    tokens = sum(
+        c * g.prompt_length + sum(g.response_lengths) for c, g in zip(copies, work.groups, strict=True)
+    )
     if layout == "plain":  # one [1, L] record per sequence: stack them back into groups
         size = len(logprobs) // len(work.groups)
         logprobs = [torch.cat(logprobs[i : i + size]) for i in range(0, len(logprobs), size)]
@@ -208,6 +222,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=30, help="video frames (2 per 64 tokens)")
     parser.add_argument("--microbatch", type=int, default=4, help="plain sequences per micro-batch")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--host-malloc",
+        type=host_malloc_settings,
+        default=None,
+        help="apply learner.host_malloc in this process, e.g. mmap=131072,trim=step (default: glibc's own)",
+    )
     return parser.parse_args()
 
 
@@ -225,13 +245,19 @@ def main() -> None:
         )
     model.train()
     parameters = sum(p.numel() for p in model.parameters())
+    host = None if args.host_malloc is None else HostMalloc(args.host_malloc)
+    if host is not None:
+        host.apply()
     work = build_workload(model, processor, args)
     warm_up(model, work)
     timings = [
-        forward_backward(model, work, layout, precision, args.microbatch)
+        forward_backward(model, work, layout, precision, args.microbatch, host)
         for precision in ("fp32", "bf16")
         for layout in ("plain", "shared")
     ]
+    peak = peak_host_bytes()
+    if peak is not None:
+        print(f"peak host memory of the process: {peak / 1e9:.2f} GB ({args.host_malloc})")
     report(timings, args, parameters)
 
 

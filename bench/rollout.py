@@ -197,7 +197,7 @@ class UpdateTiming:
     """Of which inside the worker: the fetch, vLLM's in-place reload and the cache resets."""
     copy: float
     """One copy of the same tensors into fresh tensors, in the worker's process: the unit the
-    reload is made of (vLLM's layer-wise reload copies each tensor twice, see the README)."""
+    reload is made of (vLLM's layer-wise reload copies each tensor twice, see docs/benchmarks.md)."""
 
 
 def copy_once(worker: Any, refs: list[Any]) -> float:

@@ -14,8 +14,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from vidrl.cluster.config import load_run_config
 from vidrl.cluster.job import train
-from vidrl.config import load_run_config
 from vidrl.data.synth import synthesize
 from vidrl.data.tiny import build_tiny_model
 

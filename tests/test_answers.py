@@ -115,6 +115,17 @@ def test_parse_interval_any(answer: str, expected: tuple[float, float] | None) -
         ("Answer: D", "D"),
         ("Option B", "B"),
         ("**B**", "B"),
+        # forms real models write: square brackets, and the letter, a spaced dash, the option
+        ("[C]", "C"),
+        ("[C].", "C"),
+        ("[C] a red square", "C"),
+        ("The answer is [C]", "C"),
+        ("C - a red square", "C"),
+        ("C - A red square", "C"),  # option text starting with a capital
+        ("C \u2013 a red square", "C"),  # en dash
+        ("C \u2014 a red square", "C"),  # em dash
+        ("Answer: C - a red square", "C"),
+        ("(C) - a red square", "C"),
         ("", None),
         ("A or B", None),
         ("A, B", None),
@@ -127,16 +138,45 @@ def test_parse_interval_any(answer: str, expected: tuple[float, float] | None) -
         ("A man opens the door", None),  # an article is not an option
         ("b", None),
         ("I think B", None),
+        # their look-alikes that name two options, or no option at all
+        ("[A] or [B]", None),
+        ("[A][B]", None),
+        ("[A], [B]", None),
+        ("[A]/[B]", None),
+        ("[A] or B", None),
+        ("(A) [B]", None),
+        ("[A or B]", None),
+        ("[AB]", None),
+        ("[c]", None),
+        ("A - B", None),  # a range of options
+        ("A \u2013 B", None),
+        ("A - B - C", None),
+        ("A - [B]", None),
+        ("A - (B).", None),
+        ("C - A or B", None),
+        ("[A] - [B]", None),
+        ("A-B", None),  # no spaces: not the dash form
+        ("C -", None),  # nothing after the dash
+        ("A man - walks", None),
     ],
 )
 def test_parse_letter(answer: str, expected: str | None) -> None:
     assert parse_letter(answer) == expected
 
 
+@pytest.mark.parametrize("answer", ["[C]", "C - a red square", "[C] a red square"])
+def test_parse_letter_basic_forms_leave_the_model_forms_unread(answer: str) -> None:
+    assert parse_letter(answer) == "C"
+    assert parse_letter(answer, forms="basic") is None
+    assert parse_letter("C) a red square", forms="basic") == "C"
+
+
 def test_parse_letter_respects_number_of_options() -> None:
     assert parse_letter("B", num_options=2) == "B"
     assert parse_letter("C", num_options=2) is None  # C is index 2, only A and B exist
     assert parse_letter("A", num_options=0) is None
+    assert parse_letter("[C]", num_options=2) is None
+    assert parse_letter("C - a red square", num_options=2) is None
 
 
 def test_parse_glue() -> None:
@@ -235,6 +275,8 @@ def test_parsers_stay_linear_on_adversarial_input() -> None:
     assert parse_interval(digits + "x", "any") is None
     assert parse_interval(digits, "to") is None
     assert parse_letter("(" * 100_000) is None
+    assert parse_letter("C" + " " * 100_000 + "-") is None
+    assert parse_letter("[A] B" + " " * 100_000 + "x") == "A"
     assert extract_answer(tags) is None
     assert parse_glue(tags) == []
     assert parse_boxes("[" + "1," * 100_000) is None

@@ -7,7 +7,8 @@
    through the process this test started (`ray stop` would end every Ray process on the host).
 2. A head plus two nodes (`ray.cluster_utils.Cluster`), one offering `rollout_node`, the other
    `learner_node`: `vidrl.cluster.job.train` pins the rollout worker to the first and the
-   learner ranks to the second, so every weight push crosses nodes through the object store.
+   learner ranks to the second, so every weight push crosses nodes through the object store;
+   the SFT warm start's ranks run on the learner node too, in the job's one placement group.
 
 Both run the demo config at a tiny size (2 steps of 2 prompts x 2 samples, no SFT) on data and a
 model built in a temp dir.
@@ -301,16 +302,27 @@ def node_ids(actors: Any) -> list[str]:
     return ray.get([a.__ray_call__.remote(node_of) for a in actors])
 
 
+def placement_groups(actors: list[Any]) -> list[str | None]:
+    """The id of the placement group each actor was scheduled in (None: none)."""
+    import ray
+
+    def group_of(_actor: Any) -> str | None:
+        group = ray.util.get_current_placement_group()
+        return None if group is None else group.id.hex()
+
+    return ray.get([a.__ray_call__.remote(group_of) for a in actors])
+
+
 def test_two_nodes_pin_rollout_and_learner_apart(
     two_nodes: TwoNodes, assets: TinyAssets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
 
-    from vidrl.cluster import job
-    from vidrl.config import load_run_config
+    from vidrl.cluster import job, sft
+    from vidrl.cluster.config import load_run_config
 
     seen: dict[str, list[Any]] = {}
-    real_run_grpo = job.run_grpo
+    real_run_grpo, real_sft_learner = job.run_grpo, sft.sft_learner
 
     def run_grpo_then_look(run: Any, *args: Any) -> None:
         # After the last step, before the actors are shut down: where they ran, and which
@@ -318,9 +330,17 @@ def test_two_nodes_pin_rollout_and_learner_apart(
         real_run_grpo(run, *args)
         seen["rollout"] = node_ids(run.rollout.workers)
         seen["learner"] = node_ids(run.learner.workers)
+        seen["groups"] = placement_groups([*run.rollout.workers, *run.learner.workers])
         seen["versions"] = ray.get([w.weights_version.remote() for w in run.rollout.workers])
 
+    def sft_learner_then_look(*args: Any) -> Any:
+        learner = real_sft_learner(*args)  # the SFT warm start's ranks, as the job built them
+        seen["sft"] = node_ids(learner.workers)
+        seen["sft_groups"] = placement_groups(learner.workers)
+        return learner
+
     monkeypatch.setattr(job, "run_grpo", run_grpo_then_look)
+    monkeypatch.setattr(sft, "sft_learner", sft_learner_then_look)
     cfg = load_run_config(
         REPO / "examples" / "synthetic.yaml",
         [
@@ -328,12 +348,17 @@ def test_two_nodes_pin_rollout_and_learner_apart(
             f"cluster.address={two_nodes.cluster.address}",
             "cluster.rollout_node_resource=rollout_node",
             "cluster.learner_node_resource=learner_node",
+            "trainer.sft_steps=1",  # the warm start's learner is pinned and placed like the run's
+            "trainer.sft_prompts_per_step=2",
         ],
     )
     job.train(cfg)
     assert not ray.is_initialized()  # train() disconnected from the cluster it joined
     assert seen["rollout"] == [two_nodes.rollout_node_id]
-    assert seen["learner"] == [two_nodes.learner_node_id] * 2
+    assert seen["learner"] == seen["sft"] == [two_nodes.learner_node_id] * 2
+    # One placement group for the job: the SFT ranks, then the GRPO actors, all in it.
+    (group,) = set(seen["groups"])
+    assert group is not None and seen["sft_groups"] == [group] * 2
     assert two_nodes.rollout_node_id != two_nodes.learner_node_id
     # Version 2 came from the learner node: 2 steps, one push each (no restart reloaded it).
     assert seen["versions"] == [2]

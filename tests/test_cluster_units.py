@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from vidrl.cluster.config import load_run_config
 from vidrl.cluster.metrics import PhaseTimer
 from vidrl.cluster.resources import PIN, bundles
 from vidrl.cluster.sampler import PromptSampler
-from vidrl.config import load_run_config
 from vidrl.data.sample import Sample
 
 

@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vidrl.cluster.config import load_run_config
 from vidrl.cluster.driver import collect, learner_groups, reward_metrics, rollout_metrics
 from vidrl.cluster.inputs import StepInputs
-from vidrl.cluster.metrics import PhaseTimer
 from vidrl.cluster.sampler import PromptSampler
-from vidrl.config import load_run_config
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
 from vidrl.rewards.types import RewardInput, RewardScore
@@ -97,7 +96,6 @@ def fake_run(samples: list[Sample], gate: bool, refills: int, prompts_per_step: 
         rollout=FakeRollout(),
         rewards=FakeRewards(),
         gate=build_gate(cfg.gate),
-        timer=PhaseTimer(),
     )
 
 
@@ -223,3 +221,14 @@ def test_overlong_responses_leave_the_loss_after_their_groups_advantages() -> No
     # The advantages come from all four (0, 1, 0, 1: -/+ 0.866); only the two uncut responses train.
     assert seen == [["0.0", "0.0"]]
     assert advantages == pytest.approx([-0.866, -0.866], abs=1e-3)
+
+
+def test_a_collection_times_its_own_phases() -> None:
+    """Each step's collection carries its own phase seconds (a one-step-off collection runs in a
+    thread while the step before learns: a shared timer would mix the two steps' rows)."""
+    samples = [sample(i, "mixed") for i in range(4)]
+    rollout = collect(fake_run(samples, gate=False, refills=0), step=0)  # type: ignore[arg-type]
+    assert set(rollout.seconds) == {"time/data", "time/rollout", "time/reward"}
+    assert all(v >= 0 for v in rollout.seconds.values())
+    assert rollout.started <= rollout.finished
+    assert sum(rollout.seconds.values()) <= rollout.finished - rollout.started

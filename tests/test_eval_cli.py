@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from vidrl.cli import main
+from vidrl.cluster.config import load_run_config
 from vidrl.cluster.eval_job import model_names, variant_configs
-from vidrl.config import load_run_config
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "synthetic.yaml"
 

@@ -1,4 +1,5 @@
-"""The prediction parsers on realistic model outputs (lmms-eval's own cases: test_lmms_parser_cases.py)."""
+"""The prediction parsers on realistic model outputs (lmms-eval's own cases: test_lmms_parser_cases.py),
+and the option letter each parse mode reads."""
 
 from __future__ import annotations
 
@@ -6,9 +7,20 @@ import math
 
 import pytest
 
+from vidrl.data.sample import Sample
 from vidrl.evaluation.parsing import INTERVAL_PARSERS, parse_free, parse_lmms, parse_tags
+from vidrl.evaluation.scoring import score_prediction
 
 DURATION = 30.0
+MCQ = Sample(
+    id="m",
+    task="mcq",
+    video="v",
+    question="Which shape appears first?",
+    duration=DURATION,
+    options=("a blue circle", "a green triangle", "a red square"),
+    answer="C",
+)
 
 
 # --- parse_free: vidrl's own free-text reader ------------------------------------------------
@@ -122,3 +134,34 @@ def test_free_and_lmms_differ_where_documented(text: str, free, lmms) -> None:
 def test_parser_names() -> None:
     expected = {"tags": parse_tags, "lmms": parse_lmms, "free": parse_free}
     assert expected == INTERVAL_PARSERS
+
+
+# --- option letters: what each parse mode reads -------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "tags", "free", "lmms"),
+    [
+        ("<answer>C</answer>", "C", "C", "C"),
+        ("<answer>(C)</answer>", "C", "C", "C"),
+        ("C) a red square", None, "C", "C"),  # no <answer>: only the free-text modes read it
+        # forms real models write: read by tags and free, not by lmms (its reading is frozen)
+        ("<answer>[C]</answer>", "C", "C", None),
+        ("<answer>C - a red square</answer>", "C", "C", None),
+        ("<think>It is red.</think><answer>The answer is [C]</answer>", "C", "C", None),
+        ("[C]", None, "C", None),
+        ("C - a red square", None, "C", None),
+        ("C \u2013 A red square", None, "C", None),
+        # look-alikes naming two options: no letter anywhere
+        ("<answer>[A] or [C]</answer>", None, None, None),
+        ("<answer>[A][C]</answer>", None, None, None),
+        ("<answer>A - C</answer>", None, None, None),
+        ("<answer>A - C - a red square</answer>", None, None, None),
+        ("<answer>C - A or B</answer>", None, None, None),
+        ("[A] or [C]", None, None, None),
+        ("<answer>[D]</answer>", None, None, None),  # only 3 options
+    ],
+)
+def test_option_letter_by_parse_mode(text: str, tags, free, lmms) -> None:
+    for parse, expected in (("tags", tags), ("free", free), ("lmms", lmms)):
+        scored = score_prediction(MCQ, text, parse)
+        assert (parse, scored.parsed, scored.unparsed) == (parse, expected, expected is None)
+        assert scored.score == float(expected == "C")

@@ -13,9 +13,8 @@ import pytest
 from vidrl.cluster.evaluate import EvalResult
 from vidrl.data.sample import Sample
 from vidrl.evaluation.compare import compare_runs, format_table, table_rows
-from vidrl.evaluation.harness import evaluate_predictions, score_predictions
 from vidrl.evaluation.report import compute_metrics, main_metrics
-from vidrl.evaluation.scoring import flat_metrics, prediction_row, score_prediction
+from vidrl.evaluation.scoring import Scored, flat_metrics, prediction_row, score_prediction, summarize
 
 TVG = Sample(id="t", task="tvg", video="v.mp4", question="q", duration=10.0, timestamps=((4.0, 8.0),))
 MCQ = Sample(
@@ -54,6 +53,15 @@ def _mcq(answer: str, dataset: str) -> Sample:
     )
 
 
+def _score_all(samples: list[Sample], texts: list[str], parse: str = "tags") -> list[Scored]:
+    # What `vidrl eval` does with the greedy outputs (vidrl.cluster.evaluate): each scored.
+    return [score_prediction(s, t, parse) for s, t in zip(samples, texts, strict=True)]
+
+
+def _tasks(samples: list[Sample], texts: list[str], parse: str = "tags") -> dict:
+    return summarize(_score_all(samples, texts, parse), parse)
+
+
 def test_tvg_scores_iou_and_counts_unparsed() -> None:
     scored = score_prediction(TVG, "<answer>2 to 6</answer>")
     assert scored.parsed == [2.0, 6.0]
@@ -66,7 +74,7 @@ def test_tvg_scores_iou_and_counts_unparsed() -> None:
 def test_mcq_invalid_option_and_per_type_accuracy() -> None:
     samples = [_mcq("A", "ocr"), _mcq("A", "ocr"), _mcq("B", "count"), _mcq("B", "count")]
     texts = ["<answer>A</answer>", "<answer>B</answer>", "<answer>A or B</answer>", "<answer>C</answer>"]
-    summary = evaluate_predictions(samples, texts)["mcq"]
+    summary = _tasks(samples, texts)["mcq"]
     # right, wrong, two options named (invalid), C is not among 2 options (invalid)
     assert summary["accuracy"] == 25.0  # 1 of 4
     assert summary["invalid_option"] == 50.0  # 2 of 4 name no single valid option
@@ -83,7 +91,7 @@ def test_gqa_answer_accuracy_and_interval_iou() -> None:
     # union 4 + 5 - 3 = 6 s -> 0.5
     assert scored.iou == pytest.approx(0.5)
     wrong = score_prediction(GQA, "<answer>B</answer>")  # wrong letter, no glue
-    summary = evaluate_predictions([GQA, GQA], [text, "<answer>B</answer>"])["gqa"]
+    summary = _tasks([GQA, GQA], [text, "<answer>B</answer>"])["gqa"]
     assert (wrong.score, wrong.iou, wrong.unparsed) == (0.0, 0.0, False)
     assert summary["accuracy"] == 50.0 and summary["mIoU"] == pytest.approx(25.0)  # (0.5 + 0) / 2
 
@@ -96,7 +104,7 @@ def test_track_mean_box_iou_clamped_and_wrong_count_unparsed() -> None:
     assert half.score == pytest.approx(0.75)
     one_box = score_prediction(TRACK, "<answer>[[0,0,0.5,0.5]]</answer>")
     assert (one_box.score, one_box.unparsed) == (0.0, True)
-    summary = evaluate_predictions([TRACK, TRACK], [half.prediction, one_box.prediction])["track"]
+    summary = _tasks([TRACK, TRACK], [half.prediction, one_box.prediction])["track"]
     assert summary == {"mIoU": pytest.approx(37.5), "n": 2, "unparsed": 1}  # (0.75 + 0) / 2
 
 
@@ -112,13 +120,13 @@ def test_predictions_rows_give_the_same_numbers_through_vidrl_metrics(tmp_path: 
         "<answer>(A)</answer>",
     ]
     for parse in ("tags", "lmms", "free"):
-        scored = score_predictions(samples, texts, parse)
+        scored = _score_all(samples, texts, parse)
         path = tmp_path / f"{parse}.jsonl"
         path.write_text("".join(json.dumps(prediction_row(s, variant="x")) + "\n" for s in scored))
         out = io.StringIO()
         assert main_metrics(str(path), parse, out) == 0
         report = json.loads(out.getvalue())
-        assert report["tasks"] == evaluate_predictions(samples, texts, parse)
+        assert report["tasks"] == _tasks(samples, texts, parse)
     # the flat keys of `vidrl metrics` as well: tvg (1 + 0) / 2 = 50%; mcq 2 right of 3
     assert (report["n"], report["mIoU"], report["unparsed"]) == (2, 50.0, 1)
     assert report["accuracy"] == pytest.approx(200 / 3) and report["n_mcq"] == 3
@@ -137,9 +145,7 @@ def test_task_rows_with_bad_ground_truth_are_reported() -> None:
 
 
 def test_eval_result_flat_metrics_for_a_training_sink() -> None:
-    scored = tuple(
-        score_predictions([TVG, _mcq("A", "ocr")], ["<answer>2 to 6</answer>", "<answer>A</answer>"])
-    )
+    scored = tuple(_score_all([TVG, _mcq("A", "ocr")], ["<answer>2 to 6</answer>", "<answer>A</answer>"]))
     result = EvalResult("no_think", "tags", scored, 1, 2, ("v.mp4: unreadable",), 0.5)
     metrics = result.metrics()
     assert metrics["eval/tvg/mIoU"] == pytest.approx(100 * 2 / 6)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from vidrl.cluster.config import RunConfig, load_run_config
 from vidrl.cluster.resources import PIN, bundles
-from vidrl.config import RunConfig, load_run_config
 from vidrl.data.config import DataConfig
 from vidrl.data.readers import apply_strategy, load_samples
 from vidrl.overrides import read_yaml_mapping
@@ -243,7 +243,7 @@ def test_data_entries_read_as_their_tasks(tmp_path: Path, name: str, tasks: list
 
 
 def test_synthetic_example_is_what_the_demo_trains() -> None:
-    from vidrl.config import load_run_config
+    from vidrl.cluster.config import load_run_config
     from vidrl.demo import DEMO_OVERRIDES
 
     from_file = load_run_config(EXAMPLES / "synthetic.yaml").model_dump()

@@ -9,7 +9,7 @@ malloc keeps every freed temporary (measured: 284-289 MiB held free, of 294 MiB 
 Only the fixed side is asserted: without the fix, what malloc holds depends on where the heap
 could grow and what the imports left in it (in some runs here the blocks were mapped anyway and
 4-28 MiB was held), while with it every block over 128 KiB is mapped and unmapped, whatever the
-layout. The learner-size effect is measured in bench/memory.py's figures (README).
+layout. The learner-size effect is measured in bench/memory.py's figures (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ SCRIPT = """
 import ctypes, json, re
 from pathlib import Path
 import torch
-from vidrl.learner.memory import return_freed_host_memory
+from vidrl.learner.config import HostMallocSettings
+from vidrl.learner.memory import HostMalloc
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -41,7 +42,7 @@ MiB = 1 << 20
 def resident():
     return int(re.search(r"RssAnon:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
 
-assert return_freed_host_memory()
+assert HostMalloc(HostMallocSettings()).apply()  # the learner ranks' default
 warm = torch.ones(30 * MiB // 4)
 del warm  # without the fix glibc's threshold would rise to 30 MiB here (blocks under it: heap)
 start = resident()

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from vidrl.learner.batch import TrainGroup
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.grpo import group_advantages
 from vidrl.learner.loss_config import LossConfig
+from vidrl.learner.types import TrainGroup
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ray = pytest.importorskip("ray")

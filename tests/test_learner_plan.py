@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
-from vidrl.learner.batch import TrainGroup, micro_batches, split_across_ranks, step_totals
+from vidrl.learner.batch import micro_batches, split_across_ranks, step_totals
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.schedule import lr_lambda
+from vidrl.learner.types import TrainGroup
 
 
 def group(prompt: int, *lengths: int) -> TrainGroup:
@@ -69,7 +72,12 @@ def test_each_part_of_the_model_gets_its_own_kernel(monkeypatch: pytest.MonkeyPa
     import torch
 
     from vidrl.learner import model as model_module
-    from vidrl.learner.model import choose_attention
+    from vidrl.learner.layouts import choose_layout
+    from vidrl.learner.model import choose_attention as choose_for_layout
+    from vidrl.models import family_named
+
+    def choose_attention(cfg: LearnerConfig, device: torch.device) -> Any:
+        return choose_for_layout(cfg, device, choose_layout(cfg, family_named("qwen2_5_vl")))
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     two_pass = choose_attention(LearnerConfig(), cpu)
@@ -100,3 +108,52 @@ def test_each_part_of_the_model_gets_its_own_kernel(monkeypatch: pytest.MonkeyPa
     assert choose_attention(LearnerConfig(), gpu).vision == "sdpa"
     with pytest.raises(ValueError, match="param_dtype: bfloat16"):
         choose_attention(LearnerConfig(attention="flash_attention_2"), gpu)
+
+
+def test_the_layout_is_chosen_once_from_the_config_and_the_family() -> None:
+    from vidrl.learner.layouts import LAYOUTS, choose_layout
+    from vidrl.models import family_named
+
+    attention, state = family_named("qwen3_vl"), family_named("qwen3_5")
+    assert choose_layout(LearnerConfig(), attention) == "two_pass"
+    assert choose_layout(LearnerConfig(prefix_attention="mask"), attention) == "mask"
+    assert choose_layout(LearnerConfig(shared_prefix=False), attention) == "plain"
+    # Recurrent layers share the prompt through its cache, whatever the attention asked for;
+    # activation checkpointing drops that cache, so such a model then runs plain.
+    assert choose_layout(LearnerConfig(prefix_attention="mask"), state) == "prompt_state"
+    assert choose_layout(LearnerConfig(gradient_checkpointing=True), state) == "plain"
+    assert choose_layout(LearnerConfig(shared_prefix=False), state) == "plain"
+    assert set(LAYOUTS) == {"plain", "two_pass", "mask", "flex", "prompt_state"}
+
+
+def test_rank_metrics_merge_by_kind() -> None:
+    """Loss shares and counts add up over ranks, time and memory take the largest rank, the
+    mismatch becomes a mean over all ranks' tokens; grad_norm, lr and updates are every rank's."""
+    from vidrl.learner.offpolicy import MismatchSums
+    from vidrl.learner.types import LossSums, RankMetrics, merge_rank_metrics
+
+    def rank(
+        loss: float, tokens: int, seconds: float, host: float, mismatch: MismatchSums | None
+    ) -> RankMetrics:
+        terms = LossSums(loss=loss, policy_loss=loss / 2, kl=0.25, entropy=1.0, clip_fraction=0.125)
+        return RankMetrics(terms, mismatch, 0.5, 1e-3, 2, tokens, 3, seconds, host, None)
+
+    merged = merge_rank_metrics(
+        [
+            rank(0.25, 100, 1.5, 4e9, MismatchSums(abs_log_ratio=1.0, k3=0.5, beyond=2.0, tokens=10.0)),
+            rank(0.5, 60, 2.0, 3e9, MismatchSums(abs_log_ratio=3.0, k3=1.5, beyond=0.0, tokens=30.0)),
+        ]
+    )
+    assert merged["loss"] == 0.75 and merged["policy_loss"] == 0.375 and merged["kl"] == 0.5
+    assert merged["entropy"] == 2.0 and merged["clip_fraction"] == 0.25
+    assert (merged["tokens"], merged["microbatches"]) == (160.0, 6.0)
+    assert (merged["step_seconds"], merged["peak_host_bytes"]) == (2.0, 4e9)
+    assert "peak_device_bytes" not in merged  # no rank has a device
+    assert (merged["grad_norm"], merged["lr"], merged["updates"]) == (0.5, 1e-3, 2.0)
+    # (1 + 3) / (10 + 30) tokens, (0.5 + 1.5) / 40, (2 + 0) / 40
+    assert (merged["mismatch/abs_log_ratio"], merged["mismatch/k3"], merged["mismatch/beyond"]) == (
+        0.1,
+        0.05,
+        0.05,
+    )
+    assert "mismatch/k3" not in merge_rank_metrics([rank(0.25, 1, 1.0, 1.0, None)])

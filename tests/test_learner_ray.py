@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from vidrl.learner.batch import TrainGroup, VisionArrays
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.loss_config import LossConfig
+from vidrl.learner.types import TrainGroup, VisionInputs
 
 pytestmark = pytest.mark.ray
 
@@ -48,7 +48,7 @@ def video_group(model_dir: Path, seed: int, lengths: tuple[int, ...]) -> TrainGr
         return_tensors="np",
         videos_kwargs={"do_sample_frames": False, "fps": 2.0},
     )
-    vision = VisionArrays(
+    vision = VisionInputs(
         pixel_values_videos=out["pixel_values_videos"].astype(np.float32),
         video_grid_thw=out["video_grid_thw"].astype(np.int64),
         second_per_grid_ts=np.asarray(out["second_per_grid_ts"], dtype=np.float64),

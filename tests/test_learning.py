@@ -47,8 +47,8 @@ def sft(tmp_path_factory: pytest.TempPathFactory) -> Any:
     import ray
 
     from vidrl.cluster.build import init_ray
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.job import warm_start
-    from vidrl.config import load_run_config
     from vidrl.data.synth import synthesize
     from vidrl.data.tiny import build_tiny_model
 
@@ -75,9 +75,9 @@ def sft(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_grpo_learns_from_the_sft_warm_start(sft: Any, seed: int) -> None:
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.job import train
     from vidrl.cluster.plots import read_metrics
-    from vidrl.config import load_run_config
     from vidrl.demo import learning_check, training_curve
 
     base, sft_model = sft["base"], sft["model"]
@@ -104,12 +104,14 @@ def test_grpo_learns_from_the_sft_warm_start(sft: Any, seed: int) -> None:
 
 def test_vidrl_select_on_the_warm_start(sft: Any) -> None:
     import json
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
 
     from vidrl.cli import main
-    from vidrl.config import load_run_config
+    from vidrl.cluster.config import load_run_config
     from vidrl.data.readers import load_samples, write_samples
     from vidrl.data.sample import Sample
-    from vidrl.selection.stats import read_stats
 
     root: Path = sft["root"]
     cfg = load_run_config(EXAMPLE, sft["base"])
@@ -126,7 +128,7 @@ def test_vidrl_select_on_the_warm_start(sft: Any) -> None:
     assert main(["select", str(EXAMPLE), *overrides, "--model", sft["model"], "--out", str(out)]) == 0
 
     summary = json.loads((out / "summary.json").read_text())
-    stats = read_stats(out / "stats.parquet")
+    stats = [SimpleNamespace(**row) for row in pq.read_table(out / "stats.parquet").to_pylist()]
     assert summary["samples"] == 13 and summary["skipped"] == 1 and summary["scored"] == len(stats) == 12
     assert all(s.k + s.failed == 4 for s in stats)  # K = 4 responses each
     assert all(v == v for s in stats for v in (s.mean, s.variance, s.std, s.pass_rate))  # no NaN

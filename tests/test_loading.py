@@ -8,13 +8,10 @@ case is in tests/test_learner_ray.py (exported weights before any step equal fro
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 
@@ -23,15 +20,7 @@ from vidrl.learner.config import LearnerConfig
 from vidrl.learner.loading import build_on_meta, checkpoint_names, load_shards, local_rows, materialise
 from vidrl.learner.model import shard_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> Iterator[None]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+pytestmark = pytest.mark.usefixtures("process_group")  # FSDP2 shards as one rank of a group
 
 
 @pytest.fixture(scope="module")

@@ -78,8 +78,10 @@ def test_peft_loads_the_adapter_and_the_merged_export_gives_its_logits(
     assert json.loads((adapter_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == str(model_dir)
     merged_dir = export_merged(adapter_dir, tmp_path / "merged")
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir, dtype=torch.float32)
+    # W + s B A against W x + s B (A x): float32 sums in another order (1.8e-5 on an AMX CPU, under
+    # 1e-5 on an AVX2 one); a wrong merge is off by the adapter's own effect, over 1e-2 (above).
     torch.testing.assert_close(
-        logits(merged, AutoProcessor.from_pretrained(merged_dir)), with_adapter, atol=1e-5, rtol=0
+        logits(merged, AutoProcessor.from_pretrained(merged_dir)), with_adapter, atol=5e-5, rtol=0
     )
 
 
@@ -161,8 +163,8 @@ def test_greedy_after_an_adapter_push_equals_transformers_with_peft(
 def test_a_lora_grpo_run_on_two_ranks_completes_and_resumes(
     cluster: None, model_dir: Path, tmp_path: Path
 ) -> None:
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.job import train
-    from vidrl.config import load_run_config
     from vidrl.data.synth import synthesize
 
     data = synthesize(tmp_path / "data", num_videos=4, seed=2)

@@ -1,20 +1,17 @@
 """vidrl.models: what each family answers, on hand-worked numbers and the tiny models (no engine).
 
-The engine-side checks of each family are in tests/test_family_qwen3_vl.py and
-tests/test_family_qwen3_5.py (the Qwen2.5-VL ones in tests/test_rollout_pool.py).
+The engine-side checks of each family are in tests/test_families.py
+(the Qwen2.5-VL ones in tests/test_rollout_pool.py).
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 from family_cases import qwen3_prompt
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
@@ -22,8 +19,8 @@ from vidrl.cli import TINY_FAMILIES, main
 from vidrl.data.tiny import build_tiny_model
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.loading import build_on_meta, checkpoint_names, load_shards, materialise
-from vidrl.learner.model import dummy_vision_pass, shard_model, vision_tower
-from vidrl.models import FAMILIES, family_named, family_of
+from vidrl.learner.model import shard_model
+from vidrl.models import FAMILIES, family_at, family_named, family_of
 from vidrl.models.qwen3_vl import prompt_positions as qwen3_positions
 
 VIDEO, START, END = 9, 7, 8  # token ids of the hand-worked prompts
@@ -33,17 +30,6 @@ VIDEO, START, END = 9, 7, 8  # token ids of the hand-worked prompts
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
     return {name: build_tiny_model(root / name, seed=2, family=name) for name in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def process_group() -> Iterator[None]:
-    """A gloo group of one, so FSDP2 shards everything as one rank would (as tests/test_loading.py)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_the_cli_offers_every_family_and_the_default_is_the_fastest() -> None:
@@ -58,6 +44,7 @@ def test_the_family_is_read_from_the_checkpoint_config(models: dict[str, Path]) 
         config = AutoConfig.from_pretrained(path)
         family = family_of(config)
         assert family.name == name == config.model_type
+        assert family_at(path) is family  # from config.json alone, as the pool and the ranks read it
         ids = (
             config.image_token_id,
             config.video_token_id,
@@ -142,9 +129,10 @@ def test_the_dummy_vision_pass_reaches_every_vision_parameter(models: dict[str, 
     """A rank without video must give every vision parameter a gradient, or FSDP2's
     reduce-scatter differs between ranks: Qwen3-VL's DeepStack mergers included."""
     model = AutoModelForImageTextToText.from_pretrained(models[name], dtype=torch.float32)
-    tower = vision_tower(model)
+    family = family_named(name)
+    tower = family.vision_tower(model)
     assert tower is not None
-    dummy_vision_pass(model).backward()
+    family.dummy_vision_pass(model).backward()
     missing = [n for n, p in tower.named_parameters() if p.grad is None]
     assert missing == []
     if family_named(name).deepstack:  # the merged patches alone would leave the DeepStack mergers out
@@ -174,15 +162,16 @@ QWEN3_EXAMPLES = ("qwen3_vl_8b_tvg.yaml", "qwen3_5_tvg.yaml")
 
 @pytest.mark.parametrize("name", QWEN3_EXAMPLES)
 def test_qwen3_examples_size_their_video_at_32_pixels_a_token(name: str) -> None:
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.resources import bundles
-    from vidrl.config import load_run_config
 
     cfg = load_run_config(Path(__file__).parents[1] / "examples" / name)
     assert cfg.run_name == Path(name).stem and cfg.cluster.address == "auto" and cfg.output_dir == "/runs"
     assert cfg.model_path is not None and cfg.model_path.startswith("/models/")
     # Frames in multiples of the families' resize factor (patch 16 x merge 2) and 2,048 visual
     # tokens of 32 x 32 pixels per clip, as the Qwen2.5-VL examples give 2,048 of 28 x 28.
-    assert cfg.video.pixel_multiple == family_named("qwen3_vl").resize_factor == 32
+    assert cfg.video.pixel_multiple is None  # the model's: Qwen3-VL's and Qwen3.5's are 32
+    assert family_named("qwen3_vl").resize_factor == family_named("qwen3_5").resize_factor == 32
     assert cfg.video.max_total_pixels // (32 * 32) == 2048
     assert (cfg.rollout.min_pixels_per_frame, cfg.rollout.max_pixels_per_frame) == (
         cfg.video.min_pixels_per_frame,
@@ -198,7 +187,7 @@ def test_qwen3_examples_size_their_video_at_32_pixels_a_token(name: str) -> None
 
 def test_the_qwen3_5_example_keeps_the_prompt_state_layout() -> None:
     """Activation checkpointing drops the model's cache: Qwen3.5's groups would run plain."""
-    from vidrl.config import load_run_config
+    from vidrl.cluster.config import load_run_config
 
     cfg = load_run_config(Path(__file__).parents[1] / "examples" / "qwen3_5_tvg.yaml")
     assert cfg.learner.shared_prefix and not cfg.learner.gradient_checkpointing

@@ -12,6 +12,7 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
 DIGITS = f"{Path(__file__).parent / 'rewards_for_tests.py'}:digit_share"
+PHASES = ("data", "rollout", "reward", "prepare", "learn", "sync")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def config(assets: dict[str, Path], steps: int) -> object:
-    from vidrl.config import load_run_config
+    from vidrl.cluster.config import load_run_config
 
     return load_run_config(
         Path(__file__).parents[1] / "examples" / "synthetic.yaml",
@@ -90,6 +91,13 @@ def test_train_then_resume(assets: dict[str, Path]) -> None:
     assert all(r["groups/trained"] == r["groups/kept"] <= 2 for r in rows)
     assert sum(r["groups/trained"] for r in rows) >= 1
     assert {"time/rollout", "time/learn", "time/sync", "learner/grad_norm", "reward/mean"} <= rows[0].keys()
+    # One step off-policy: step t+1's collection runs while step t learns, timed by its own step.
+    # So a row's phases add up to its step's wall time plus the part of its collection that ran
+    # during the step before (time/overlap), never more: no row holds another step's seconds.
+    for row in rows:
+        spent = sum(row[f"time/{phase}"] for phase in PHASES)
+        assert spent <= row["time/step"] + row["time/overlap"] + 1e-3, row
+    assert rows[0]["time/overlap"] == 0.0 and max(r["time/overlap"] for r in rows[1:]) > 0
     # Step 0 was sampled by the engine from the weights the learner starts from (later steps one
     # update behind): the learner's recomputed log-probs equal the engine's, float32 on both sides.
     assert rows[0]["groups/trained"] >= 1 and rows[0]["learner/mismatch/abs_log_ratio"] < 2e-4
@@ -188,8 +196,8 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(assets: dict[str, Path
     run_dir = assets["runs"] / "killed_driver"
     assert not (run_dir / "checkpoints" / "step_000004").exists()
 
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.job import train
-    from vidrl.config import load_run_config
 
     summary = train(load_run_config(example, overrides))
     assert summary["start_step"] == 2

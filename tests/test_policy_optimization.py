@@ -147,7 +147,7 @@ def test_overlong_punishment_ramps_over_the_buffer() -> None:
 
 
 def test_overlong_punishment_must_end_at_the_rollouts_limit() -> None:
-    from vidrl.config import load_run_config
+    from vidrl.cluster.config import load_run_config
     from vidrl.overrides import ConfigError
 
     component = "{name: overlong, fn: overlong_penalty, kwargs: {max_tokens: 100, buffer_tokens: 20}}"

@@ -169,8 +169,16 @@ VIDEOCHAT_R1 = [
     (MCQ, THINK + "<answer>B</answer><answer>A</answer>", 2.0, SAME),
     (MCQ, THINK + "<answer>b</answer>", 1.0, SAME),  # capitals only
     (MCQ, "<answer>B</answer>", 1.0, SAME),
+    # letter forms real models write, read as theirs reads them (the first capital A-G)
+    (MCQ, THINK + "<answer>[B]</answer>", 2.0, SAME),
+    (MCQ, THINK + "<answer>B - b</answer>", 2.0, SAME),
+    (MCQ, THINK + "<answer>The answer is [B]</answer>", 2.0, SAME),
+    (MCQ, THINK + "<answer>[A]</answer>", 1.0, SAME),
+    (MCQ, THINK + "<answer>A - b</answer>", 1.0, SAME),
     # departures: one unambiguous letter, where theirs takes the first capital A-G anywhere
     (MCQ, THINK + "<answer>B or C</answer>", 1.0, 2.0),
+    (MCQ, THINK + "<answer>[B] or [C]</answer>", 1.0, 2.0),
+    (MCQ, THINK + "<answer>B - C</answer>", 1.0, 2.0),  # a range of options
     (MCQ, THINK + "<answer>Answer: B</answer>", 2.0, 1.0),  # theirs: the A of "Answer"
     (MCQ, THINK + "<answer>Best option: B</answer>", 2.0, SAME),  # theirs: the B of "Best"
     (MCQ, THINK + "<answer>Best option: C</answer>", 1.0, 2.0),
@@ -184,6 +192,8 @@ VIDEOCHAT_R1 = [
     (GQA, THINK + "<answer>B</answer><glue>[(3, 3)]</glue>", 2.0, SAME),
     (GQA, THINK + "<answer>B</answer><glue>[(5.0, 20.0), (0, 2)]</glue>", 2.6, SAME),  # 12 / 20
     (GQA, THINK + "<answer>B</answer><glue>[(0, 4), (2, 6)]</glue>", 2.4, SAME),  # merged (0, 6)
+    (GQA, THINK + "<answer>[B]</answer><glue>[(5, 20)]</glue>", 2.5, SAME),
+    (GQA, THINK + "<answer>B - b</answer><glue>[(5, 20)]</glue>", 2.5, SAME),
     (GQA, THINK + "<answer>maybe</answer><glue>[(5, 20)]</glue>", 1.5, SAME),  # answer unchecked
     (GQA, THINK + "<answer>A</answer><answer>B</answer><glue>[(5, 20)]</glue>", 1.5, SAME),
     (GQA, THINK + "<answer>B</answer><glue>[(5, 20)]</glue><glue>x</glue>", 2.5, SAME),

@@ -58,6 +58,9 @@ def total(preset: str, sample: Sample, response: str, think: bool = True) -> flo
         (TVG, JSON_12_22.replace('"22"', '"5"'), 0.5 * 1 + 0.5 * 0),  # reversed (12, 5)
         (MCQ, "<think>t</think><answer>B</answer>", 0.5 * 1 + 0.5 * 1),
         (MCQ, "<think>t</think><answer>A or B</answer>", 0.5 * 1 + 0.5 * 0),
+        (MCQ, "<think>t</think><answer>[B]</answer>", 0.5 * 1 + 0.5 * 1),
+        (MCQ, "<think>t</think><answer>B - b</answer>", 0.5 * 1 + 0.5 * 1),  # B, then its text
+        (MCQ, "<think>t</think><answer>[A] or [B]</answer>", 0.5 * 1 + 0.5 * 0),
         (GQA, GQA_RESPONSE, None),  # no Temporal-R1 reward for grounded QA
         (TRACK, TRACK_RESPONSE, None),
     ],
@@ -74,7 +77,11 @@ def test_temporal_r1(sample: Sample, response: str, expected: float | None) -> N
         (TVG, JSON_12_22, 1 + 0),  # no "S to E" in the answer
         (TVG, "<answer>12 to 22</answer>", 0 + IOU_12_22),
         (MCQ, "<think>t</think><answer>(B)</answer>", 1 + 1),
+        (MCQ, "<think>t</think><answer>[B]</answer>", 1 + 1),
+        (MCQ, "<think>t</think><answer>B - b</answer>", 1 + 1),
+        (MCQ, "<think>t</think><answer>A - B</answer>", 1 + 0),  # two options named
         (GQA, GQA_RESPONSE, 1 + 1 + 0.5),
+        (GQA, GQA_RESPONSE.replace(">B<", ">[B]<"), 1 + 1 + 0.5),
         (GQA, GQA_RESPONSE.replace("[(5, 20)]", "[(20, 5)]"), 0 + 1 + 0),  # invalid glue
         (TRACK, TRACK_RESPONSE, 1 + 0.75),
         (TRACK, "<think>t</think><answer>[[0, 0, 0.5, 0.5]]</answer>", 0 + 0),  # 1 box of 2
@@ -95,7 +102,14 @@ def test_videochat_r1(sample: Sample, response: str, expected: float) -> None:
         (TVG, "<think>t</think><answer>B</answer>", 0.5 * 0 + 0),  # a letter is no interval
         (TVG, "<think>t</think><answer>22 to 12</answer>", 0.5 * 0 + 0),  # reversed
         (MCQ, "<think>t</think><answer>The answer is B.</answer>", 0.5 * 1 + 1),
+        (MCQ, "<think>t</think><answer>[B]</answer>", 0.5 * 1 + 1),
+        (MCQ, "<think>t</think><answer>B - b</answer>", 0.5 * 1 + 1),
+        (MCQ, "<think>t</think><answer>[C]</answer>", 0.5 * 1 + 0),  # well formed, wrong
+        (MCQ, "<think>t</think><answer>[A] or [B]</answer>", 0.5 * 0 + 0),  # not one option
+        (MCQ, "<think>t</think><answer>A - B</answer>", 0.5 * 0 + 0),
+        (MCQ, "<think>t</think><answer>[D]</answer>", 0.5 * 0 + 0),  # only 3 options
         (GQA, GQA_RESPONSE, 0.5 * 1 + 1 + 0.5),
+        (GQA, GQA_RESPONSE.replace(">B<", ">B - b<"), 0.5 * 1 + 1 + 0.5),
         (TRACK, TRACK_RESPONSE, 0.5 * 1 + 0.75),
     ],
 )

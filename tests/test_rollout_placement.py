@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from vidrl.cluster.config import load_run_config
 from vidrl.cluster.resources import PIN, bundles, layout, placed_rollout_config
-from vidrl.config import load_run_config
 from vidrl.rollout.config import RolloutConfig
 from vidrl.rollout.placement import (
     WorkerPlacement,

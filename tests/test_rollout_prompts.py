@@ -126,20 +126,20 @@ def test_video_metadata_keeps_the_sampled_frame_rate() -> None:
 
 
 def test_visual_token_estimate() -> None:
-    # 16 frames of 224 x 168: 8 frame pairs x (224 / 28) x (168 / 28) = 8 x 8 x 6 = 384.
-    assert estimate_visual_tokens((16, 224, 168)) == 384
+    # Qwen2.5-VL (28 px per merged patch), 16 frames of 224 x 168: 8 pairs x 8 x 6 = 384.
+    assert estimate_visual_tokens((16, 224, 168), 28) == 384
     # An odd count is padded to whole pairs: 3 frames -> 2 pairs x 2 x 3 = 12.
-    assert estimate_visual_tokens((3, 56, 84)) == 12
-    assert estimate_visual_tokens((0, 0, 0)) == 0
+    assert estimate_visual_tokens((3, 56, 84), 28) == 12
+    assert estimate_visual_tokens((0, 0, 0), 28) == 0
 
 
 def test_prompt_estimate_adds_text_to_visual_tokens() -> None:
     # 40 characters / 4 = 10 text tokens, plus 4 frames of 56 x 84: 2 x 2 x 3 = 12.
     with_clip = RolloutPrompt("a", "x" * 40, clip(num_frames=4))
-    assert estimate_prompt_tokens(with_clip) == 22
+    assert estimate_prompt_tokens(with_clip, 28) == 22
     by_shape = RolloutPrompt("a", "x" * 40, clip=None, video_shape=(4, 56, 84))
-    assert estimate_prompt_tokens(by_shape) == 22
-    assert estimate_prompt_tokens(RolloutPrompt("b", "x" * 40)) == 10
+    assert estimate_prompt_tokens(by_shape, 28) == 22
+    assert estimate_prompt_tokens(RolloutPrompt("b", "x" * 40), 28) == 10
 
 
 class Templater:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vidrl.rewards.score import main_score, score_rows
+from vidrl.rewards.score import main_score
 
 TVG_ROW = {
     "task": "tvg",
@@ -35,8 +35,17 @@ def lines(*rows: object) -> list[str]:
     return [row if isinstance(row, str) else json.dumps(row) + "\n" for row in rows]
 
 
-def test_good_rows_get_reward_and_components() -> None:
-    tvg, mcq, gqa, track = score_rows(lines(TVG_ROW, MCQ_ROW, GQA_ROW, TRACK_ROW), preset=None)
+def score_rows(raw_lines: list[str], preset: str | None, folder: Path) -> list[dict]:
+    """The output rows of `vidrl score` (`main_score`) on a file holding `raw_lines`."""
+    path = folder / "responses.jsonl"
+    path.write_text("".join(line if line.endswith("\n") else line + "\n" for line in raw_lines))
+    out = io.StringIO()
+    main_score(str(path), preset, out)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_good_rows_get_reward_and_components(tmp_path: Path) -> None:
+    tvg, mcq, gqa, track = score_rows(lines(TVG_ROW, MCQ_ROW, GQA_ROW, TRACK_ROW), None, tmp_path)
     # vidrl: 0.5 * format + content. tvg: (12, 22) vs (10, 20) -> IoU 8 / 12.
     assert tvg == {
         **TVG_ROW,
@@ -51,16 +60,32 @@ def test_good_rows_get_reward_and_components() -> None:
     assert track["reward"] == 0.5 + 0.75
 
 
-def test_other_presets_and_not_applicable_rows() -> None:
-    tvg, gqa = score_rows(lines(TVG_ROW, GQA_ROW), preset="temporal_r1")
+def test_other_presets_and_not_applicable_rows(tmp_path: Path) -> None:
+    tvg, gqa = score_rows(lines(TVG_ROW, GQA_ROW), "temporal_r1", tmp_path)
     assert tvg["components"] == {"format": 0.0, "tvg_iou": 0.0}  # "12 to 22" is not JSON
     assert gqa["reward"] is None and gqa["components"] == {} and "error" not in gqa
-    (tvg,) = score_rows(lines(TVG_ROW), preset="videochat_r1")
+    (tvg,) = score_rows(lines(TVG_ROW), "videochat_r1", tmp_path)
     assert tvg["reward"] == pytest.approx(1 + 8 / 12)
 
 
-def test_charades_style_single_interval_is_accepted() -> None:
-    (row,) = score_rows(lines({**TVG_ROW, "timestamps": [[10, 20]]}), preset=None)
+@pytest.mark.parametrize(
+    ("answer", "components"),
+    [
+        ("[B]", {"format": 1.0, "mcq_accuracy": 1.0}),
+        ("B - the man opens the door", {"format": 1.0, "mcq_accuracy": 1.0}),
+        ("[C]", {"format": 1.0, "mcq_accuracy": 0.0}),  # one option, the wrong one
+        ("[A] or [B]", {"format": 0.0, "mcq_accuracy": 0.0}),  # two options: no answer
+        ("A - B", {"format": 0.0, "mcq_accuracy": 0.0}),
+    ],
+)
+def test_letter_forms_models_write(answer: str, components: dict, tmp_path: Path) -> None:
+    row = {**MCQ_ROW, "response": f"<think>t</think><answer>{answer}</answer>"}
+    (scored,) = score_rows(lines(row), None, tmp_path)
+    assert scored["components"] == components and "error" not in scored
+
+
+def test_charades_style_single_interval_is_accepted(tmp_path: Path) -> None:
+    (row,) = score_rows(lines({**TVG_ROW, "timestamps": [[10, 20]]}), None, tmp_path)
     assert row["components"]["tvg_iou"] == pytest.approx(8 / 12)
 
 
@@ -113,26 +138,26 @@ def test_charades_style_single_interval_is_accepted() -> None:
         ),
     ],
 )
-def test_bad_rows_name_line_field_and_problem(line: str, fragments: list[str]) -> None:
-    (row,) = score_rows([line], preset="vidrl")
+def test_bad_rows_name_line_field_and_problem(line: str, fragments: list[str], tmp_path: Path) -> None:
+    (row,) = score_rows([line], "vidrl", tmp_path)
     assert "reward" not in row
     for fragment in fragments:
         assert fragment in row["error"]
 
 
-def test_bad_rows_keep_the_input_and_are_not_fatal() -> None:
+def test_bad_rows_keep_the_input_and_are_not_fatal(tmp_path: Path) -> None:
     bad_json = "{oops"
     raw_lines = [bad_json + "\n", "\n", json.dumps({"task": "x"}), json.dumps(MCQ_ROW)]
-    rows = list(score_rows(raw_lines, None))
+    rows = score_rows(raw_lines, None, tmp_path)
     assert rows[0] == {"raw": bad_json, "error": rows[0]["error"]}
     assert rows[1]["task"] == "x"
     assert rows[1]["error"].startswith("line 3: ")  # blank line 2 skipped, still counted
     assert rows[2]["reward"] == 1.5  # the good row after them is still scored
 
 
-def test_unknown_preset_is_an_error_before_any_row() -> None:
+def test_unknown_preset_is_an_error_before_any_row(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="preset"):
-        score_rows([], preset="nope")
+        main_score(str(tmp_path / "never_opened.jsonl"), "nope", io.StringIO())
 
 
 def test_main_score_writes_jsonl_and_counts_bad_rows(tmp_path: Path) -> None:

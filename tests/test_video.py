@@ -23,7 +23,14 @@ from vidrl.data.video import (
     sample_frame_indices,
 )
 
-CFG = VideoConfig()
+
+def qwen2_5_video(**fields: Any) -> VideoConfig:
+    """A video config as a run resolves it for Qwen2.5-VL: frames in multiples of its patch 14 x
+    merge 2 (a run takes the multiple from the model's family)."""
+    return VideoConfig(pixel_multiple=28, **fields)
+
+
+CFG = qwen2_5_video()
 
 
 # ---- sample_frame_indices -------------------------------------------------------------
@@ -64,9 +71,9 @@ def test_frame_counts_are_even() -> None:
     # 84 frames at 8 fps = 10.5 s -> 21 frames at 2 fps -> nearest even, ties up: 22.
     assert len(sample_frame_indices(84, 8.0, CFG)) == 22
     # An odd max_frames is rounded down to the even count below it: 7 -> 6.
-    assert len(sample_frame_indices(1000, 8.0, VideoConfig(max_frames=7))) == 6
+    assert len(sample_frame_indices(1000, 8.0, qwen2_5_video(max_frames=7))) == 6
     # An odd min_frames is rounded up: 5 -> 6 (1 s at 10 fps would give 2 frames).
-    assert len(sample_frame_indices(10, 10.0, VideoConfig(min_frames=5))) == 6
+    assert len(sample_frame_indices(10, 10.0, qwen2_5_video(min_frames=5))) == 6
 
 
 def test_sampling_rejects_videos_without_frames_or_rate() -> None:
@@ -122,13 +129,13 @@ def test_extreme_aspect_ratio_is_refused() -> None:
 
 def test_config_bounds() -> None:
     with pytest.raises(ValidationError):
-        VideoConfig(fps=0)
+        qwen2_5_video(fps=0)
     with pytest.raises(ValidationError, match="min_frames"):
-        VideoConfig(min_frames=10, max_frames=8)
+        qwen2_5_video(min_frames=10, max_frames=8)
     with pytest.raises(ValidationError, match="min_pixels_per_frame"):
-        VideoConfig(min_pixels_per_frame=10_000, max_pixels_per_frame=5_000)
+        qwen2_5_video(min_pixels_per_frame=10_000, max_pixels_per_frame=5_000)
     with pytest.raises(ValidationError):
-        VideoConfig(frames_per_second=2)  # type: ignore[call-arg]
+        qwen2_5_video(frames_per_second=2)  # type: ignore[call-arg]
 
 
 # ---- decoding real mp4 ----------------------------------------------------------------
@@ -229,7 +236,7 @@ class ForbiddenReader:
 def test_cache_hit_returns_equal_frames_without_decoding(
     red_circle_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = VideoConfig(cache_dir=str(tmp_path / "cache"))
+    cfg = qwen2_5_video(cache_dir=str(tmp_path / "cache"))
     first = decode_clip(red_circle_video, cfg)
     entries = list((tmp_path / "cache").glob("*.npz"))
     assert len(entries) == 1 and entries[0].name.startswith("red_circle-")
@@ -243,23 +250,23 @@ def test_cache_hit_returns_equal_frames_without_decoding(
 
 def test_changed_sampling_or_file_misses_the_cache(red_circle_video: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    decode_clip(red_circle_video, VideoConfig(cache_dir=str(cache)))
+    decode_clip(red_circle_video, qwen2_5_video(cache_dir=str(cache)))
     # fps 4: 8 s * 4 = 32 frames, a new entry next to the 2 fps one.
-    faster = decode_clip(red_circle_video, VideoConfig(cache_dir=str(cache), fps=4.0))
+    faster = decode_clip(red_circle_video, qwen2_5_video(cache_dir=str(cache), fps=4.0))
     assert faster.num_frames == 32
     assert len(list(cache.glob("*.npz"))) == 2
     # Settings that do not change frames share the entry.
-    decode_clip(red_circle_video, VideoConfig(cache_dir=str(cache), decode_threads=2))
+    decode_clip(red_circle_video, qwen2_5_video(cache_dir=str(cache), decode_threads=2))
     assert len(list(cache.glob("*.npz"))) == 2
     # A newer modification time is a different file as far as the cache knows.
     stat = red_circle_video.stat()
     os.utime(red_circle_video, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    decode_clip(red_circle_video, VideoConfig(cache_dir=str(cache)))
+    decode_clip(red_circle_video, qwen2_5_video(cache_dir=str(cache)))
     assert len(list(cache.glob("*.npz"))) == 3
 
 
 def test_corrupt_cache_entry_is_ignored_and_rewritten(red_circle_video: Path, tmp_path: Path) -> None:
-    cfg = VideoConfig(cache_dir=str(tmp_path / "cache"))
+    cfg = qwen2_5_video(cache_dir=str(tmp_path / "cache"))
     expected = decode_clip(red_circle_video, cfg)
     (entry,) = (tmp_path / "cache").glob("*.npz")
     entry.write_bytes(b"PK\x03\x04 not really a zip archive")
@@ -323,7 +330,7 @@ def test_video_cut_after_its_index_fails_while_decoding_frames(tmp_path: Path) -
     data = whole.read_bytes()
     cut.write_bytes(data[: len(data) * 6 // 10])
     with pytest.raises(VideoError, match=r"cut_frames.mp4: corrupt frames"):
-        decode_clip(cut, VideoConfig(fps=8.0))
+        decode_clip(cut, qwen2_5_video(fps=8.0))
 
 
 def test_directory_raises_video_error(tmp_path: Path) -> None:

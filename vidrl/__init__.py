@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vidrl.config import RunConfig, load_run_config
+from vidrl.cluster.config import RunConfig, load_run_config
 from vidrl.data.sample import Sample
 from vidrl.rewards.registry import register_reward
 from vidrl.rewards.types import RewardInput, RewardScore

@@ -55,7 +55,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from vidrl.config import load_run_config
+    from vidrl.cluster.config import load_run_config
     from vidrl.data.readers import load_samples
     from vidrl.data.skips import SkipLog
 
@@ -80,8 +80,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.job import train
-    from vidrl.config import load_run_config
 
     cfg = load_run_config(args.config, args.overrides)
     summary = train(cfg)
@@ -91,8 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sft(args: argparse.Namespace) -> int:
     from vidrl.cluster.build import ray_session
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.sft import run_sft
-    from vidrl.config import load_run_config
 
     cfg = load_run_config(args.config, args.overrides)
     if cfg.trainer.sft_steps == 0:
@@ -104,8 +104,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from vidrl.config import load_run_config
-    from vidrl.selection.run import run_select
+    from vidrl.cluster.config import load_run_config
+    from vidrl.cluster.select_job import run_select
 
     cfg = load_run_config(args.config, args.overrides)
     out = Path(args.out) if args.out else cfg.run_dir / "selection"
@@ -147,8 +147,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except ValueError as err:  # a file that is not an evaluation summary
             raise SystemExit(f"vidrl eval: {err}") from None
         return 0
+    from vidrl.cluster.config import load_run_config
     from vidrl.cluster.eval_job import VARIANTS, model_names, run_eval
-    from vidrl.config import load_run_config
     from vidrl.evaluation.compare import format_table
 
     if args.config is None:

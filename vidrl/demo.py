@@ -33,7 +33,7 @@ from vidrl.rewards.config import RewardsConfig, build_reward
 from vidrl.rewards.types import RewardInput
 
 if TYPE_CHECKING:
-    from vidrl.config import RunConfig
+    from vidrl.cluster.config import RunConfig
 
 CURVE_NAMES = {"reward/mean": "reward", "response/length_mean": "length (tokens)"}
 """How the summary names a curve; reward components go by their own names (tvg_iou, ...)."""
@@ -73,7 +73,6 @@ class DemoReport:
 DEMO_OVERRIDES = (
     # A tiny model on 2 cores: short answers without reasoning, few frames, small batches.
     "prompt.think=false",
-    "rewards.think=false",
     "video.fps=2.0",
     "video.max_frames=8",
     "video.max_pixels_per_frame=12544",
@@ -126,7 +125,7 @@ def run_demo(out: Path, seed: int = 0, train: bool = True) -> DemoReport:
 
 def demo_config(model_dir: Path, train_yaml: Path, out: Path, seed: int) -> RunConfig:
     """The demo's run config: DEMO_OVERRIDES on the data and model it just wrote."""
-    from vidrl.config import load_run_config
+    from vidrl.cluster.config import load_run_config
 
     overrides = [
         *DEMO_OVERRIDES,

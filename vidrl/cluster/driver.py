@@ -1,19 +1,25 @@
-"""The GRPO loop. One step, top to bottom (`collect` then `grpo_step`):
+"""The GRPO loop. One step, top to bottom (`collect` then `grpo_step`), phase by phase:
 
-    prompts   = sampler.next(prompts_per_step), decoded once, frames in the object store
-    groups    = rollout.generate(prompts)          # [P] groups of G responses + log-probs
-    scores    = rewards.score(groups)              # [P, G] totals + named components
-    kept      = gate.admit(scores)                 # groups with reward spread (vidrl.selection);
-                                                   # dropped ones are refilled with new prompts
-    adv       = group_advantages(scores[kept])     # [P', G]
-    metrics   = learner.train_step(groups, adv)    # FSDP2 update on N ranks
-    rollout.update_weights(learner.export_weights(v + 1))
-    sink.log(step, metrics | rollout | reward | gate | phase times)
+    data     prompts = sampler.next(prompts_per_step), decoded once, frames in the object store
+    rollout  groups  = rollout.generate(prompts)        # [P] groups of G responses + log-probs
+    reward   scores  = rewards.score(groups)            # [P, G] totals + named components
+             kept    = gate.admit(scores)               # groups with reward spread (vidrl.selection);
+                                                        # dropped ones are refilled with new prompts
+             adv     = group_advantages(scores[kept])   # [P', G]
+    prepare  batch   = processor(kept groups, adv)      # the learner's view: pixels, grids, ids
+    learn    metrics = learner.train_step(batch)        # FSDP2 update on N ranks
+    sync     rollout.update_weights(learner.export_weights(v + 1))
+             sink.log(step, metrics | rollout | reward | gate | phase seconds)
 
 With `trainer.max_staleness: 1` the collection of step t+1 (rollout, rewards, gate) runs in a
 thread, on the rollout and reward actors, while step t is learned: its responses come from
 weights one update old, and the clipped importance ratio corrects for that (one-step
 off-policy).
+
+Each step's phase seconds (`time/<phase>`) are timed by that step's own objects (its
+collection's `Rollout`, its `grpo_step`), so a row never holds another step's seconds; with
+one-step off-policy, `time/overlap` is how much of the step's collection ran while the step
+before it was learning (the phases then add up to `time/step` plus that overlap).
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ import torch
 
 from vidrl.cluster.build import Run
 from vidrl.cluster.inputs import StepInputs
+from vidrl.cluster.metrics import PhaseTimer
 from vidrl.data.sample import Sample
-from vidrl.learner.batch import TrainGroup
 from vidrl.learner.grpo import group_advantages
+from vidrl.learner.types import TrainGroup
 from vidrl.rewards.types import RewardInput, RewardScore
 from vidrl.rollout.types import RolloutBatch
 from vidrl.selection.gates import filter_groups, prompts_to_draw
@@ -60,38 +67,56 @@ class Round:
 @dataclass(frozen=True)
 class Rollout:
     """One step's rounds (the first draw, then refills) and the selection state right after
-    them: a checkpoint after this step resumes the sampler and the gate from here."""
+    them: a checkpoint after this step resumes the sampler and the gate from here.
+
+    seconds: this collection's phase seconds ("time/data", "time/rollout", "time/reward");
+    started / finished: its perf_counter clock at the start and the end (the overlap with the
+    step before is read from them)."""
 
     rounds: tuple[Round, ...]
     sampler_state: dict[str, Any]
     gate_state: dict[str, Any]
     gate_metrics: dict[str, float]
+    seconds: dict[str, float]
+    started: float
+    finished: float
 
 
 def collect(run: Run, step: int) -> Rollout:
     """Draw prompts, generate, score and gate until `prompts_per_step` groups are kept or the
     refill rounds (`gate.max_refill_rounds`) are spent."""
+    started = time.perf_counter()
+    timer = PhaseTimer()
     wanted = run.cfg.trainer.prompts_per_step
     rounds: list[Round] = []
     kept, draw = 0, wanted
     while draw:
-        rounds.append(draw_round(run, step, draw, refill_round=len(rounds)))
+        rounds.append(draw_round(run, step, draw, timer, refill_round=len(rounds)))
         kept += len(rounds[-1].kept)
         draw = prompts_to_draw(kept, wanted, len(rounds) - 1, run.cfg.gate)
-    return Rollout(tuple(rounds), run.sampler.state_dict(), run.gate.state_dict(), run.gate.metrics())
+    return Rollout(
+        tuple(rounds),
+        run.sampler.state_dict(),
+        run.gate.state_dict(),
+        run.gate.metrics(),
+        timer.pop(),
+        started,
+        time.perf_counter(),
+    )
 
 
-def draw_round(run: Run, step: int, count: int, refill_round: int = 0) -> Round:
-    """`count` new prompts through rollout, rewards and the gate; `refill_round` (0 for the
-    first draw of the step) picks the sampling streams, so refills never reuse the first draw's."""
+def draw_round(run: Run, step: int, count: int, timer: PhaseTimer, refill_round: int = 0) -> Round:
+    """`count` new prompts through rollout, rewards and the gate, timed by `timer`; `refill_round`
+    (0 for the first draw of the step) picks the sampling streams, so refills never reuse the
+    first draw's."""
     import ray
 
-    with run.timer.phase("data"):
+    with timer.phase("data"):
         samples = run.sampler.next(count)
         inputs = run.inputs.step_inputs(samples, run.skips, put=ray.put)
-    with run.timer.phase("rollout"):
+    with timer.phase("rollout"):
         batch = run.rollout.generate(list(inputs.prompts), step, refill_round=refill_round)
-    with run.timer.phase("reward"):
+    with timer.phase("reward"):
         scores, failures = score_batch(run.rewards, batch, inputs.samples)
     totals = [[s.total for s in group if s is not None] for group in scores]
     kept = filter_groups(run.gate, totals)
@@ -123,12 +148,14 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
     after generating, the learner's state comes back for the update and goes to host memory
     once the weights are exported, and the engines then wake to load them."""
     colocated = run.cfg.cluster.placement == "colocated"
-    with run.timer.phase("learn"):
+    timer = PhaseTimer()
+    with timer.phase("prepare"):  # the processor: pixels and grids of each kept group's video
         groups = [g for r in rollout.rounds for g in learner_groups(run, r)]
+    with timer.phase("learn"):
         if colocated:
             run.learner.onload()
         metrics = run.learner.train_step(groups) if groups else {}
-    with run.timer.phase("sync"):
+    with timer.phase("sync"):
         run.weights_version += 1
         refs = run.learner.export_weights(run.weights_version)
         if colocated:
@@ -145,6 +172,8 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
         "groups/kept": float(sum(len(r.kept) for r in rollout.rounds)),
         "groups/trained": float(len(groups)),
         "groups/refill_rounds": float(len(rollout.rounds) - 1),
+        **rollout.seconds,
+        **timer.pop(),
     }
 
 
@@ -245,7 +274,9 @@ def run_grpo(
             # A checkpoint after this step resumes with the prompts (and gate counts) after
             # this step's, even when the next step's prompts were already drawn (max_staleness 1).
             run.sampler_state, run.gate_state = rollout.sampler_state, rollout.gate_state
-            metrics |= run.timer.pop() | {"time/step": time.perf_counter() - started}
+            metrics["time/step"] = time.perf_counter() - started
+            # The part of this step's collection that ran while the step before it learned.
+            metrics["time/overlap"] = max(0.0, min(rollout.finished, started) - rollout.started)
             metrics["weights_version"] = float(run.weights_version)
             if extra_metrics is not None:
                 metrics |= extra_metrics(step)

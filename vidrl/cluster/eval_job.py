@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vidrl.cluster.build import ray_session
+from vidrl.cluster.build import ray_session, serving
+from vidrl.cluster.config import RunConfig
 from vidrl.cluster.evaluate import (
     EvalResult,
     decode_eval_set,
@@ -33,7 +34,6 @@ from vidrl.cluster.evaluate import (
 )
 from vidrl.cluster.inputs import LearnerInputs
 from vidrl.cluster.models import ModelRef, model_ref, serve, serving_config
-from vidrl.config import RunConfig
 from vidrl.data.prompts import PromptConfig
 from vidrl.data.readers import load_samples
 from vidrl.data.sample import Sample
@@ -80,21 +80,16 @@ def evaluate_models(
     """Model name -> variant -> result, for checkpoints that share one architecture and
     processor (the first model's base); each path a model folder or a LoRA adapter folder.
     Ray must be initialised (see `run_eval`)."""
-    from vidrl.rollout.pool import RolloutPool
-
     refs = {name: model_ref(path) for name, path in models.items()}
     first = next(iter(refs.values()))
     prompts: dict[str, PromptConfig] = {n: c.prompt for n, c in variant_configs(cfg, variants).items()}
     rollout = serving_config(cfg.rollout, list(refs.values()))
-    inputs = LearnerInputs(
-        first.base, cfg.video, cfg.prompt, rollout.min_pixels_per_frame, rollout.max_pixels_per_frame
-    )
+    inputs = LearnerInputs(first.base, cfg.video, cfg.prompt)
     skips = SkipLog(max_skipped_fraction=1.0)
     decoded = decode_eval_set(inputs, samples, skips)
-    pool = RolloutPool(rollout, first.base)
     engines = ModelRef(first.base)
     results: dict[str, dict[str, EvalResult]] = {}
-    try:
+    with serving(cfg, rollout, first.base) as pool:
         for version, (name, ref) in enumerate(refs.items()):
             # The engines hold the previous model: this one's weights (or adapter) go in place.
             engines = serve(pool, ref, version, engines)
@@ -102,8 +97,6 @@ def evaluate_models(
                 pool, inputs, decoded, prompts, greedy_sampling(rollout), parse, skips
             )
             log.info("evaluated %s (%s)", name, models[name])
-    finally:
-        pool.shutdown()
     return results
 
 

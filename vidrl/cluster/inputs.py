@@ -24,7 +24,7 @@ from vidrl.data.prompts import PromptConfig, reference_response
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
 from vidrl.data.video import Clip, VideoConfig, VideoError, decode_clip
-from vidrl.learner.batch import TrainGroup, VisionArrays
+from vidrl.learner.types import TrainGroup, VisionInputs
 from vidrl.models import family_of
 from vidrl.rollout.prompts import build_rollout_prompt, select_frames, video_metadata
 from vidrl.rollout.types import RolloutGroup, RolloutPrompt
@@ -46,28 +46,26 @@ class StepInputs:
 
 
 class LearnerInputs:
-    """Builds RolloutPrompts and TrainGroups with the model's own processor."""
+    """Builds RolloutPrompts and TrainGroups with the model's own processor.
 
-    def __init__(
-        self,
-        model_path: str,
-        video: VideoConfig,
-        prompt: PromptConfig,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-    ) -> None:
+    The frames are decoded at `video`'s pixel bounds, in multiples of the family's resize
+    factor, and the processor is given the same bounds, so it keeps their size (the engine
+    gets them too: RunConfig derives `rollout.*_pixels_per_frame` from `video`)."""
+
+    def __init__(self, model_path: str, video: VideoConfig, prompt: PromptConfig) -> None:
         from transformers import AutoConfig, AutoProcessor
 
         self.family = family_of(AutoConfig.from_pretrained(model_path))
-        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.video = video.for_family(self.family.name, self.family.resize_factor)
+        self.min_pixels, self.max_pixels = video.min_pixels_per_frame, video.max_pixels_per_frame
         kwargs: dict[str, Any] = {}
-        size = self.family.video_size(min_pixels, max_pixels, 1)
+        size = self.family.video_size(self.min_pixels, self.max_pixels, 1)
         if size is not None and not self.family.clip_pixel_budget:
             kwargs["size"] = size
         self.processor = AutoProcessor.from_pretrained(model_path, **kwargs)
         self.tokenizer = self.processor.tokenizer
-        self.video, self.prompt = video, prompt
-        self.end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.prompt = prompt
+        self.end_of_turn = self.tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
 
     def step_inputs(self, samples: Sequence[Sample], skips: SkipLog, put: Any = None) -> StepInputs:
         """Decode each distinct video once; `put` (e.g. ray.put) ships each clip once."""
@@ -89,7 +87,7 @@ class LearnerInputs:
             else StepInputs((), (), ())
         )
 
-    def vision(self, text: str, clip: Clip) -> tuple[np.ndarray, VisionArrays]:
+    def vision(self, text: str, clip: Clip) -> tuple[np.ndarray, VisionInputs]:
         """(prompt ids [P] with video pads expanded, processor output) for `clip` under `text`.
 
         The metadata (fps, frame indices) sets the seconds of each temporal patch: rotary time in
@@ -108,7 +106,7 @@ class LearnerInputs:
             **kwargs,
         )
         grid = out["video_grid_thw"].astype(np.int64)
-        vision = VisionArrays(
+        vision = VisionInputs(
             pixel_values_videos=out["pixel_values_videos"].astype(np.float32),
             video_grid_thw=grid,
             second_per_grid_ts=np.asarray(

@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vidrl.cluster.build import Run, build_run, init_ray
+from vidrl.cluster.build import Run, build_run, ray_session, reserved
+from vidrl.cluster.config import RunConfig
 from vidrl.cluster.driver import run_grpo
 from vidrl.cluster.evaluate import evaluate, evaluate_run
 from vidrl.cluster.metrics import Progress
-from vidrl.config import RunConfig
+from vidrl.cluster.resources import Placement
 from vidrl.data.readers import load_samples
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
@@ -33,19 +34,14 @@ log = logging.getLogger(__name__)
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Run (or resume) the job `cfg` describes; returns the summary written to summary.json."""
     started = time.perf_counter()
-    started_ray = init_ray(cfg)
-    try:
-        start_model = warm_start(cfg) if cfg.trainer.sft_steps else cfg.model_path
-        run = build_run(cfg, model_path=start_model)
+    # One placement group for the job: the warm start's learner, then the GRPO run, in it.
+    with ray_session(cfg), reserved(cfg) as placement:
+        start_model = warm_start(cfg, placement) if cfg.trainer.sft_steps else cfg.model_path
+        run = build_run(cfg, start_model, placement)
         try:
             summary = _train(run)
         finally:
             run.shutdown()
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
@@ -143,13 +139,14 @@ def load_eval_samples(cfg: RunConfig) -> list[Sample]:
     return samples[: cfg.trainer.eval_max_samples]
 
 
-def warm_start(cfg: RunConfig) -> str:
-    """SFT on reference answers (the papers' SFT baseline); returns the HF folder it wrote.
-    An existing warm start in the run directory is reused (a resumed run does not redo it)."""
+def warm_start(cfg: RunConfig, placement: Placement | None = None) -> str:
+    """SFT on reference answers (the papers' SFT baseline) in the learner bundles of `placement`;
+    returns the HF folder it wrote. An existing warm start in the run directory is reused (a
+    resumed run does not redo it)."""
     from vidrl.cluster.sft import run_sft
 
     folder = cfg.run_dir / "sft"
     if not (folder / "COMPLETE").exists():
-        run_sft(cfg, folder)
+        run_sft(cfg, folder, placement)
         (folder / "COMPLETE").write_text("ok\n")
     return str(folder / "hf")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-PHASES = ("time/data", "time/rollout", "time/reward", "time/learn", "time/sync")
+PHASES = ("time/data", "time/rollout", "time/reward", "time/prepare", "time/learn", "time/sync")
 NOT_A_TASK_SCORE = ("reward/mean", "reward/std", "reward/failures")
 SMOOTHING = 0.6
 """Weight of the past in the moving average (TensorBoard's default slider value)."""

@@ -16,25 +16,21 @@ on GPUs it holds no GPU itself, and vLLM starts one actor per rank in the worker
 share a device. A node pin (cluster.rollout_node_resource / learner_node_resource) adds a
 sliver of that custom resource to every bundle of its side, so Ray can only place it on
 nodes that offer it: that is how the two-node test puts the rollout on one node and the
-learner on the other. PACK keeps an engine's ranks together where it can (best effort); a
-cluster that cannot hold the group fails fast with what was asked and what the cluster has.
+learner on the other. The group is reserved by vidrl.cluster.build (`reserve`), with PACK,
+which keeps an engine's ranks together where it can (best effort).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from vidrl.config import RunConfig
+from vidrl.cluster.config import RunConfig
 from vidrl.rollout.config import RolloutConfig
 from vidrl.rollout.placement import WorkerPlacement, gpus_per_rank, uses_gpu_ranks
 
-log = logging.getLogger(__name__)
-
 PIN = 0.001
 """How much of a node's custom pin resource one bundle takes (nodes offer 1 or more)."""
-READY_TIMEOUT_SECONDS = 120.0
 Bundle = dict[str, float]
 
 
@@ -97,13 +93,14 @@ def _check_colocated(cfg: RunConfig) -> None:
         )
 
 
-def layout(cfg: RunConfig) -> Layout:
-    """The bundles of the run and the bundles of each rollout worker and learner rank."""
+def layout(cfg: RunConfig, rollout: bool = True, learner: bool = True) -> Layout:
+    """The bundles of the run and the bundles of each rollout worker and learner rank; a side
+    left out (eval and select need no learner, SFT alone no rollout) gets none."""
     lr = cfg.learner
-    workers = rollout_slots(cfg)
-    learner = [
+    workers = rollout_slots(cfg) if rollout else []
+    ranks = [
         _bundle(lr.cpus_per_rank, lr.gpus_per_rank, cfg.cluster.learner_node_resource)
-        for _ in range(lr.num_ranks)
+        for _ in range(lr.num_ranks if learner else 0)
     ]
     flat = [slot for slots in workers for slot in slots]
     spans, start = [], 0
@@ -111,14 +108,14 @@ def layout(cfg: RunConfig) -> Layout:
         spans.append(tuple(range(start, start + len(slots))))
         start += len(slots)
     if cfg.cluster.placement == "separate":
-        learner_index = list(range(len(flat), len(flat) + len(learner)))
-        return Layout(flat + learner, spans, learner_index)
+        learner_index = list(range(len(flat), len(flat) + len(ranks)))
+        return Layout(flat + ranks, spans, learner_index)
     _check_colocated(cfg)
-    size = max(len(flat), len(learner))
+    size = max(len(flat), len(ranks))
     merged = [
-        _merged(flat[i] if i < len(flat) else {}, learner[i] if i < len(learner) else {}) for i in range(size)
+        _merged(flat[i] if i < len(flat) else {}, ranks[i] if i < len(ranks) else {}) for i in range(size)
     ]
-    return Layout(merged, spans, list(range(len(learner))))
+    return Layout(merged, spans, list(range(len(ranks))))
 
 
 def bundles(cfg: RunConfig) -> tuple[list[Bundle], list[int], list[int]]:
@@ -147,29 +144,3 @@ class Placement:
         import ray
 
         ray.util.remove_placement_group(self.group)
-
-
-def scheduling_strategies(cfg: RunConfig) -> Placement:
-    """Reserve the run's bundles; where each rollout worker and learner rank runs."""
-    import ray
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    plan = layout(cfg)
-    group = placement_group(plan.bundles, strategy="PACK")
-    try:
-        ray.get(group.ready(), timeout=READY_TIMEOUT_SECONDS)
-    except ray.exceptions.GetTimeoutError:
-        ray.util.remove_placement_group(group)
-        raise RuntimeError(
-            f"the cluster cannot hold the run's actors: asked for bundles {plan.bundles}, "
-            f"the cluster has {ray.cluster_resources()} (lower cpus/gpus per worker or rank)"
-        ) from None
-    log.info("placement group ready: %d bundles %s", len(plan.bundles), plan.bundles)
-
-    def strategy(index: int) -> Any:
-        return PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
-
-    gpu_ranks = uses_gpu_ranks(cfg.rollout)
-    rollout = [WorkerPlacement(strategy(span[0]), span if gpu_ranks else ()) for span in plan.rollout]
-    return Placement(group, rollout, [strategy(i) for i in plan.learner])

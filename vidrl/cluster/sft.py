@@ -11,40 +11,34 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from vidrl.cluster.build import reserved, sft_learner
+from vidrl.cluster.config import RunConfig
 from vidrl.cluster.inputs import LearnerInputs
 from vidrl.cluster.metrics import MetricsSink
+from vidrl.cluster.resources import Placement
 from vidrl.cluster.sampler import PromptSampler
-from vidrl.config import RunConfig
 from vidrl.data.readers import load_samples
 from vidrl.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
 
 
-def run_sft(cfg: RunConfig, folder: Path) -> Path:
-    """`trainer.sft_steps` SFT steps from cfg.model_path; the model goes to folder/hf."""
-    from vidrl.learner.group import LearnerGroup
-
+def run_sft(cfg: RunConfig, folder: Path, placement: Placement | None = None) -> Path:
+    """`trainer.sft_steps` SFT steps from cfg.model_path; the model goes to folder/hf. The learner
+    runs in the learner bundles of `placement` (None: bundles reserved for the SFT alone)."""
     if cfg.model_path is None or cfg.data.train_path is None:
         raise ValueError("SFT needs model_path and data.train_path")
+    if placement is None:
+        with reserved(cfg, rollout=False) as own:
+            return run_sft(cfg, folder, own)
     skips = SkipLog(cfg.data.max_skipped_fraction)
-    samples = load_samples(cfg.data.train_path, cfg.data, skips)
-    sampler = PromptSampler(samples, cfg.seed)
-    inputs = LearnerInputs(
-        cfg.model_path,
-        cfg.video,
-        cfg.prompt,
-        cfg.rollout.min_pixels_per_frame,
-        cfg.rollout.max_pixels_per_frame,
-    )
-    no_kl = cfg.learner.loss.model_copy(update={"kl_coef": 0.0})
-    learner_cfg = cfg.learner.model_copy(update={"lr": cfg.trainer.sft_lr, "loss": no_kl})
-    learner = LearnerGroup(cfg.model_path, learner_cfg, seed=cfg.seed)
+    sampler = PromptSampler(load_samples(cfg.data.train_path, cfg.data, skips), cfg.seed)
+    inputs = LearnerInputs(cfg.model_path, cfg.video, cfg.prompt)
+    learner = sft_learner(cfg, placement)
     sink = MetricsSink(folder, tensorboard=False)
     try:
-        for step in tqdm(
-            range(cfg.trainer.sft_steps), desc="sft", unit="step", disable=not cfg.trainer.progress_bar
-        ):
+        steps = range(cfg.trainer.sft_steps)
+        for step in tqdm(steps, desc="sft", unit="step", disable=not cfg.trainer.progress_bar):
             step_inputs = inputs.step_inputs(sampler.next(cfg.trainer.sft_prompts_per_step), skips)
             groups = [
                 inputs.sft_group(s, p, c)

@@ -7,7 +7,7 @@ reward logic lives in `vidrl.rewards`.
 What a model writes inside `<answer>...</answer>`:
 - tvg:   `{"start_time": "12.5", "end_time": "20.25"}` (Temporal-R1) or `12.5 to 20.25`
          (VideoChat-R1).
-- mcq:   `B`.
+- mcq:   `B` (read back also from "(B)", "B. text", "[B]", "B - text": `parse_letter`).
 - gqa:   `B`, followed OUTSIDE the answer by `<glue>[(12.5, 20.25), ...]</glue>`
          (VideoChat-R1's grammar), so `render_gqa` returns the whole tagged tail.
 - track: `[[x0, y0, x1, y1], ...]`, one normalised box per sampled frame.
@@ -30,7 +30,7 @@ Where we depart from the references, and the switches that reproduce them:
 - `parse_glue` reads `[(s, e), ...]` or `[[s, e], ...]` loosely; `parse_videochat_glue` is
   VideoChat-R1's strict grammar (their regex plus `ast.literal_eval`).
 - `parse_letter` demands exactly one option letter; VideoChat-R1 takes the first capital
-  A-G anywhere, which scores "A or B" as A.
+  A-G anywhere, which scores "A or B" as A (and, like ours, "[B]" and "B - text" as B).
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ NumberSyntax = Literal["decimal", "float"]
 """How the start_time / end_time values of a JSON answer are read: decimal: numbers, or
 strings holding a plain decimal (vidrl); float: Python's `float` of the value, as
 Temporal-R1 reads it ("5.000e-01", " 1_0 ", "+2", 3 and true all count)."""
+LetterForms = Literal["all", "basic"]
+"""How `parse_letter` lets a letter be written. basic: "B", "(B)", "B.", "B) text",
+"B: text"; all: those, and "[B]" and "B - text" (a spaced hyphen, en or em dash), two forms
+real models write. Evaluation with `--parse lmms` keeps "basic" so its numbers do not move."""
 AnswerBlock = Literal["last", "first", "last_found"]
 """Which complete `<answer>` block is read: last: the last closing tag and the innermost
 opening before it (vidrl); first: the first opening tag and the first closing tag after it
@@ -84,13 +88,24 @@ _LETTER_PREFIX = re.compile(
     r"(?:\s++is)?+\s*+[:\-]?\s*+",
     re.IGNORECASE,
 )
-# A bare letter must be followed by the end or by `.`, `)` or `:` ("B", "B.", "B) text");
-# otherwise "A man walks" would read as option A.
-_LEAD_LETTER = re.compile(r"\(([A-Z])\)|([A-Z])(?=$|[.):])")
-# What follows the chosen letter must not be a second choice: "A. or B", "(A) (B)", "A) B)".
-_SECOND_CHOICE = re.compile(
-    r"[\s.,;:/&|)]*+(?:(?i:or|and)\s++)?\(?[A-Z]\)?(?=\s*$|[.,;:)/&|]|\s+(?i:or|and)\b)"
-)
+# Each pattern matches the chosen letter and what closes it; a bare letter must be closed by
+# the end or by `.`, `)` or `:` ("B", "B.", "B) text"), otherwise "A man walks" would read as
+# option A. The "all" forms add "[B]" and "B - text": a dash (hyphen, en or em dash) with
+# space on both sides and text after it, so "A-B" and "B -" stay unread.
+_DASH = "[\\-\u2013\u2014]"
+_LEAD_LETTER = {
+    "basic": re.compile(r"\(([A-Z])\)|([A-Z])(?:$|[.):])"),
+    "all": re.compile(rf"\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?:$|[.):]|\s++{_DASH}\s++(?=\S))"),
+}
+# What follows the chosen letter must not be a second choice: "A. or B", "(A) (B)", "A) B)";
+# with the "all" forms also "[A] or [B]", "[A][B]" and ranges such as "A - B" or "A - B - C".
+_SECOND_CHOICE = {
+    "basic": re.compile(r"[\s.,;:/&|)]*+(?:(?i:or|and)\s++)?\(?[A-Z]\)?(?=\s*$|[.,;:)/&|]|\s+(?i:or|and)\b)"),
+    "all": re.compile(
+        r"[\s.,;:/&|)\]\-\u2013\u2014]*+(?:(?i:or|and)\s++)?[(\[]?[A-Z][)\]]?"
+        rf"(?=\s*$|[.,;:)\]/&|]|\s+(?i:or|and)\b|\s++{_DASH}(?:\s|$))"
+    ),
+}
 
 
 def extract_answer(text: str, block: AnswerBlock = "last") -> str | None:
@@ -134,26 +149,26 @@ def parse_interval(
     return None
 
 
-def parse_letter(answer: str, num_options: int | None = None) -> str | None:
+def parse_letter(answer: str, num_options: int | None = None, forms: LetterForms = "all") -> str | None:
     """The single option letter an answer chooses, or None.
 
-    Accepts "B", "(B)", "B.", "B) text", "(B) text", "The answer is B", "Answer: (B)".
-    Rejects empty answers, lowercase letters, and anything naming a second choice
-    ("A or B", "A, B", "(A) (B)"). With `num_options`, the letter must be one of the first
+    Accepts "B", "(B)", "B.", "B) text", "(B) text", "The answer is B", "Answer: (B)", and
+    with `forms="all"` (the default) "[B]" and "B - text" (see `LetterForms`). Rejects empty
+    answers, lowercase letters, and anything naming a second choice ("A or B", "A, B",
+    "(A) (B)", "[A] or [B]", "A - B"). The text after a letter is not compared with the
+    option's text, for any form. With `num_options`, the letter must be one of the first
     `num_options` letters.
     """
     text = answer.strip().strip("*`'\"").strip()
     prefix = _LETTER_PREFIX.match(text)
     if prefix is not None:
         text = text[prefix.end() :]
-    lead = _LEAD_LETTER.match(text)
+    lead = _LEAD_LETTER[forms].match(text)
     if lead is None:
         return None
-    letter = lead[1] or lead[2]
-    rest = text[lead.end() :]
-    if lead[2] is not None:
-        rest = rest[1:]  # the `.`, `)` or `:` that let a bare letter through
-    if _SECOND_CHOICE.match(rest):
+    # One group per way of writing it: the last group that took part holds the letter.
+    letter = lead[lead.lastindex or 0]
+    if _SECOND_CHOICE[forms].match(text, lead.end()):
         return None
     if num_options is not None and ord(letter) - ord("A") >= num_options:
         return None

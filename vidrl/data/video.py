@@ -65,8 +65,9 @@ class VideoConfig(StrictConfig):
     """Largest area (H x W) a frame is resized to, whatever the total budget allows."""
     max_total_pixels: int = Field(1_605_632, gt=0)
     """Pixel budget of the whole clip, shared by its frames (about 2048 visual tokens)."""
-    pixel_multiple: int = Field(28, ge=1)
-    """Resized heights and widths are multiples of this (Qwen2.5-VL: patch 14 x merge 2)."""
+    pixel_multiple: int | None = Field(None, ge=1)
+    """Resized heights and widths are multiples of this; None: the model family's patch x merge
+    (Qwen2.5-VL 28, Qwen3-VL and Qwen3.5 32), which a run reads from the checkpoint."""
     # One thread by default: several data actors decode at once, one video each, and
     # FFmpeg's default of a thread per core would oversubscribe the CPUs.
     decode_threads: int = Field(1, ge=0)
@@ -82,6 +83,18 @@ class VideoConfig(StrictConfig):
             raise ValueError(
                 f"min_pixels_per_frame {self.min_pixels_per_frame} > "
                 f"max_pixels_per_frame {self.max_pixels_per_frame}"
+            )
+        return self
+
+    def for_family(self, family: str, resize_factor: int) -> VideoConfig:
+        """This config with the pixel multiple of the model's family (`resize_factor`); one set
+        to another multiple is refused (the processor would resize every frame again)."""
+        if self.pixel_multiple is None:
+            return self.model_copy(update={"pixel_multiple": resize_factor})
+        if self.pixel_multiple != resize_factor:
+            raise ValueError(
+                f"video.pixel_multiple={self.pixel_multiple} but the model ({family}) resizes frames to "
+                f"multiples of {resize_factor}: leave video.pixel_multiple unset (it follows the model)"
             )
         return self
 
@@ -182,6 +195,8 @@ def frame_size(height: int, width: int, num_frames: int, cfg: VideoConfig) -> tu
     share = cfg.max_total_pixels / max(num_frames, 1) * TEMPORAL_PATCH
     max_pixels = max(min(cfg.max_pixels_per_frame, share), int(cfg.min_pixels_per_frame * 1.05))
     step = cfg.pixel_multiple
+    if step is None:
+        raise ValueError("video.pixel_multiple is unset: a run takes it from the model's family (for_family)")
     h = max(step, round(height / step) * step)
     w = max(step, round(width / step) * step)
     if h * w > max_pixels:

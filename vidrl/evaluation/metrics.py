@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from vidrl.data.iou import interval_iou
 from vidrl.data.sample import Interval
 
 R1_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -26,7 +27,8 @@ _THRESHOLD_SLACK = 1e-9
 
 
 def temporal_iou(pred: Interval | None, gt: Interval) -> float:
-    """IoU in [0, 1] of two [start, end] intervals in seconds.
+    """IoU in [0, 1] of two [start, end] intervals in seconds (`vidrl.data.iou.interval_iou`,
+    the reward's IoU too).
 
     None (no parsable prediction), a reversed or non-finite prediction, and an empty union all
     give 0. A malformed ground truth is a data error, not a bad prediction, so it raises.
@@ -37,13 +39,11 @@ def temporal_iou(pred: Interval | None, gt: Interval) -> float:
     if pred is None:
         return 0.0
     start, end = pred
+    # Screened here rather than left to the shared arithmetic: with nan or inf it returns
+    # 0 only by accident of float rules (and nan for inf over inf).
     if not (math.isfinite(start) and math.isfinite(end)) or start > end:
         return 0.0
-    intersection = max(min(end, gt_end) - max(start, gt_start), 0.0)
-    union = max(end, gt_end) - min(start, gt_start)
-    if union <= 0.0:
-        return 0.0
-    return intersection / union
+    return interval_iou(pred, gt)
 
 
 def grounding_metrics(ious: Sequence[float]) -> dict[str, float | int]:

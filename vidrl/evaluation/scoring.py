@@ -7,7 +7,8 @@ predictions row), so the two can never disagree.
 
 What each task's prediction is read as, and what it scores:
   tvg    the interval of the chosen parser ("tags", "lmms" or "free"); score = temporal IoU
-  mcq    exactly one option letter; score = 1 if right, else 0
+  mcq    exactly one option letter (`parse_letter`: "B", "(B)", "B. text", "[B]", "B - text";
+         with "lmms" not the last two); score = 1 if right, else 0
   gqa    exactly one option letter, plus `<glue>` intervals; score = 1 if the letter is right,
          `iou` = IoU of the merged supporting intervals (VideoChat-R1's grounded QA)
   track  exactly one box per ground-truth frame; score = mean box IoU over the frames
@@ -67,7 +68,7 @@ def score_prediction(sample: Sample, prediction: str, parse: str = "tags") -> Sc
         return Scored(sample, prediction, None if interval is None else list(interval), iou, interval is None)
     if sample.task in ("mcq", "gqa"):
         answer = _answer_text(prediction, parse)
-        letter = None if answer is None else parse_letter(answer, len(sample.options) or None)
+        letter = None if answer is None else _letter(answer, len(sample.options) or None, parse)
         correct = float(letter is not None and letter == sample.answer)
         if sample.task == "mcq":
             return Scored(sample, prediction, letter, correct, letter is None)
@@ -82,6 +83,13 @@ def _answer_text(prediction: str, parse: str) -> str | None:
     # using the tag's content when a model happens to write one.
     answer = extract_answer(prediction)
     return prediction if answer is None and parse in ("lmms", "free") else answer
+
+
+def _letter(answer: str, num_options: int | None, parse: str) -> str | None:
+    # "lmms" reads letters as it always has (lmms-eval's own multiple-choice readers are not
+    # reproduced here), so a number reported with it does not move; "tags" and "free" read
+    # every form the rewards read.
+    return parse_letter(answer, num_options, "basic" if parse == "lmms" else "all")
 
 
 def _score_track(sample: Sample, prediction: str, parse: str) -> Scored:

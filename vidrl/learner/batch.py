@@ -1,6 +1,6 @@
-"""What the learner trains on, and how a step's groups are split across ranks and micro-batches.
+"""How a step's groups are split into updates, across ranks and into micro-batches.
 
-A `TrainGroup` is one prompt with its G responses: the unit of GRPO (advantages are
+A `TrainGroup` (vidrl.learner.types) is one prompt with its G responses: the unit of GRPO (advantages are
 relative within it) and of the shared-prefix layout (the prompt is computed once for the
 G responses). Splitting never cuts a group. The loss is normalised by counts taken over
 the WHOLE step (`StepTotals`), so that the update does not depend on how the step was split
@@ -10,59 +10,9 @@ into ranks and micro-batches (see vidrl.learner.grpo for how each aggregation us
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
-
-
-@dataclass(frozen=True, slots=True)
-class VisionArrays:
-    """The processor's output for one prompt's video, computed once, shipped as numpy
-    (zero-copy through Ray's object store).
-
-    pixel_values_videos: float32 [N_patches, C * temporal_patch * patch * patch]
-    video_grid_thw:      int64 [num_videos, 3] (frames / temporal patch, height, width in patches)
-    second_per_grid_ts:  float64 [num_videos], seconds one temporal patch spans (rotary time)
-    """
-
-    pixel_values_videos: np.ndarray
-    video_grid_thw: np.ndarray
-    second_per_grid_ts: np.ndarray
-
-
-@dataclass(frozen=True, slots=True)
-class TrainGroup:
-    """One prompt and its G responses.
-
-    prompt_ids:    int64 [P], video pad tokens expanded (as the rollout engine saw them)
-    responses:     G x int64 [L_g]
-    advantages:    float32 [G] (GRPO) ; for SFT, ones
-    old_logprobs:  G x float32 [L_g] from the rollout engine, or None (recompute / SFT)
-    vision:        the prompt's video, or None for a text-only prompt
-    """
-
-    prompt_ids: np.ndarray
-    responses: tuple[np.ndarray, ...]
-    advantages: np.ndarray
-    old_logprobs: tuple[np.ndarray, ...] | None = None
-    vision: VisionArrays | None = None
-
-    @property
-    def num_response_tokens(self) -> int:
-        return int(sum(len(r) for r in self.responses))
-
-    def cost(self, shared_prefix: bool) -> int:
-        """Tokens one forward pass processes: P + sum(L) shared, G * P + sum(L) plain."""
-        copies = 1 if shared_prefix else len(self.responses)
-        return copies * len(self.prompt_ids) + self.num_response_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class StepTotals:
-    """Counts over one optimizer update (all ranks, all micro-batches): the loss's denominators."""
-
-    response_tokens: int
-    sequences: int
+from vidrl.learner.config import LearnerConfig
+from vidrl.learner.types import StepTotals, TrainGroup, UpdatePlan
 
 
 def step_totals(groups: Sequence[TrainGroup]) -> StepTotals:
@@ -70,21 +20,6 @@ def step_totals(groups: Sequence[TrainGroup]) -> StepTotals:
         response_tokens=sum(g.num_response_tokens for g in groups),
         sequences=sum(sum(1 for r in g.responses if len(r)) for g in groups),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class UpdatePlan:
-    """One optimizer update as one rank runs it.
-
-    microbatches:     this rank's micro-batches, each a tuple of whole groups (may be empty).
-    num_microbatches: how many forward/backward passes every rank runs for this update (the
-                      most any rank has: a rank with fewer runs an idle group at weight 0).
-    totals:           the update's counts over all ranks (its loss denominators).
-    """
-
-    microbatches: tuple[tuple[TrainGroup, ...], ...]
-    num_microbatches: int
-    totals: StepTotals
 
 
 def split_into_updates(groups: Sequence[TrainGroup], updates: int) -> list[list[int]]:
@@ -128,3 +63,17 @@ def micro_batches(groups: Sequence[TrainGroup], max_tokens: int, shared_prefix: 
     if current:
         batches.append(current)
     return batches
+
+
+def update_plans(groups: Sequence[TrainGroup], cfg: LearnerConfig, budget: int) -> list[UpdatePlan]:
+    """One update's plan for every rank: its groups balanced over the ranks by cost, each share
+    in micro-batches under the token budget, the totals over all of them."""
+    totals = step_totals(groups)
+    shares = split_across_ranks(groups, cfg.num_ranks, cfg.shared_prefix)
+    batches = []
+    for share in shares:
+        mine = [groups[i] for i in share]
+        plan = micro_batches(mine, budget, cfg.shared_prefix)
+        batches.append(tuple(tuple(mine[i] for i in batch) for batch in plan))
+    most = max(len(b) for b in batches)
+    return [UpdatePlan(b, most, totals) for b in batches]

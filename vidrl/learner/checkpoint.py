@@ -20,93 +20,109 @@ entries (learning rates, betas) go to trainer_state.json instead.
 from __future__ import annotations
 
 import json
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-if TYPE_CHECKING:
-    from vidrl.learner.worker import LearnerWorker
+from vidrl.learner.config import LoraSettings
+from vidrl.learner.loading import copy_model_files
 
-MODEL_FOLDER_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
 ADAPTER_FOLDER = "adapter"
 
 
-def save_checkpoint(worker: LearnerWorker, path: str, extra_state: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class TrainingState:
+    """What one rank checkpoints: its shard of the policy, the optimizer and schedule, the
+    optimizer steps taken, and where the weights came from (the model folder's files are copied
+    beside the saved weights; under LoRA the adapter names that folder as its base)."""
+
+    rank: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: int
+    model_path: str
+    lora: LoraSettings | None
+
+
+def save_checkpoint(state: TrainingState, path: str, extra_state: dict[str, Any]) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
     root = Path(path)
-    if worker.cfg.lora is None:
-        _save_hf_model(worker, root / "hf")
+    if state.lora is None:
+        _save_hf_model(state, root / "hf")
     else:
-        _save_adapter(worker, root / ADAPTER_FOLDER)
-    state = _tensor_state(worker)
-    dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(root / "state"), save_distributed=True))
+        _save_adapter(state, root / ADAPTER_FOLDER)
+    tensors = _tensor_state(state)
+    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(root / "state"), save_distributed=True))
     rng = torch.get_rng_state().tolist()
-    (root / f"rng_rank{worker.rank}.json").write_text(json.dumps(rng))
-    if worker.rank == 0:
+    (root / f"rng_rank{state.rank}.json").write_text(json.dumps(rng))
+    if state.rank == 0:
         trainer = {
-            "step": worker.step,
-            "scheduler": _jsonable(worker.scheduler.state_dict()),
-            "lrs": [group["lr"] for group in worker.optimizer.param_groups],
+            "step": state.step,
+            "scheduler": _jsonable(state.scheduler.state_dict()),
+            "lrs": [group["lr"] for group in state.optimizer.param_groups],
             "extra": extra_state,
         }
         (root / "trainer_state.json").write_text(json.dumps(trainer, indent=2))
     dist.barrier()
 
 
-def load_checkpoint(worker: LearnerWorker, path: str) -> dict[str, Any]:
+def load_checkpoint(state: TrainingState, path: str) -> tuple[int, dict[str, Any]]:
+    """Restore `state`'s model, optimizer, schedule and this rank's RNG from `path`; returns
+    (the optimizer steps taken, the caller's extra state)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     root = Path(path)
-    state = _tensor_state(worker)
-    dcp.load(state, storage_reader=HuggingFaceStorageReader(str(root / "state")))
-    model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    optim_state = {k.removeprefix("optim."): v for k, v in state.items() if k.startswith("optim.")}
+    tensors = _tensor_state(state)
+    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(root / "state")))
+    model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    optim_state = {k.removeprefix("optim."): v for k, v in tensors.items() if k.startswith("optim.")}
     # Under LoRA only the adapters are saved (the base comes from the model folder).
-    options = StateDictOptions(flatten_optimizer_state_dict=True, strict=worker.cfg.lora is None)
-    full_optim = _optimizer_flat_state(worker) | optim_state
+    options = StateDictOptions(flatten_optimizer_state_dict=True, strict=state.lora is None)
+    full_optim = _optimizer_flat_state(state) | optim_state
     set_state_dict(
-        worker.model,
-        worker.optimizer,
+        state.model,
+        state.optimizer,
         model_state_dict=model_state,
         optim_state_dict=full_optim,
         options=options,
     )
     trainer = json.loads((root / "trainer_state.json").read_text())
-    worker.scheduler.load_state_dict(trainer["scheduler"])
-    for group, lr in zip(worker.optimizer.param_groups, trainer["lrs"], strict=True):
+    state.scheduler.load_state_dict(trainer["scheduler"])
+    for group, lr in zip(state.optimizer.param_groups, trainer["lrs"], strict=True):
         group["lr"] = lr
-    worker.step = int(trainer["step"])
-    rng = json.loads((root / f"rng_rank{worker.rank}.json").read_text())
+    rng = json.loads((root / f"rng_rank{state.rank}.json").read_text())
     torch.set_rng_state(torch.tensor(rng, dtype=torch.uint8))
-    return dict(trainer["extra"])
+    return int(trainer["step"]), dict(trainer["extra"])
 
 
-def _tensor_state(worker: LearnerWorker) -> dict[str, torch.Tensor]:
+def _tensor_state(state: TrainingState) -> dict[str, torch.Tensor]:
     """Model and flattened optimizer state, tensors only, keys prefixed model./optim."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     from vidrl.learner.lora import is_adapter
 
-    lora = worker.cfg.lora is not None
+    lora = state.lora is not None
     model = {
-        f"model.{k}": v for k, v in get_model_state_dict(worker.model).items() if not lora or is_adapter(k)
+        f"model.{k}": v for k, v in get_model_state_dict(state.model).items() if not lora or is_adapter(k)
     }
-    optim = {f"optim.{k}": v for k, v in _optimizer_flat_state(worker).items() if isinstance(v, torch.Tensor)}
+    optim = {f"optim.{k}": v for k, v in _optimizer_flat_state(state).items() if isinstance(v, torch.Tensor)}
     return model | optim
 
 
-def _optimizer_flat_state(worker: LearnerWorker) -> dict[str, Any]:
+def _optimizer_flat_state(state: TrainingState) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     options = StateDictOptions(flatten_optimizer_state_dict=True)
-    return dict(get_optimizer_state_dict(worker.model, worker.optimizer, options=options))
+    return dict(get_optimizer_state_dict(state.model, state.optimizer, options=options))
 
 
 def materialise_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -121,14 +137,14 @@ def materialise_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                 }
 
 
-def _save_hf_model(worker: LearnerWorker, folder: Path) -> None:
+def _save_hf_model(state: TrainingState, folder: Path) -> None:
     """Full weights gathered on rank 0 (CPU), written as safetensors beside the model's files."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = get_model_state_dict(worker.model, options=options)
-    if worker.rank != 0:
+    full = get_model_state_dict(state.model, options=options)
+    if state.rank != 0:
         return
     folder.mkdir(parents=True, exist_ok=True)
     seen: set[int] = set()
@@ -139,31 +155,22 @@ def _save_hf_model(worker: LearnerWorker, folder: Path) -> None:
         seen.add(tensor.data_ptr())
         tensors[name] = tensor.contiguous()
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    copy_model_files(Path(worker.model_path), folder)
+    copy_model_files(Path(state.model_path), folder)
 
 
-def _save_adapter(worker: LearnerWorker, folder: Path) -> None:
+def _save_adapter(state: TrainingState, folder: Path) -> None:
     """The LoRA adapter gathered on rank 0, written in PEFT's format; its config names the base
     model folder (tokenizer and processor come from there)."""
     from vidrl.learner.lora import is_adapter, peft_tensors, write_adapter
 
     gathered = []
-    for name, param in worker.model.named_parameters():
+    for name, param in state.model.named_parameters():
         if is_adapter(name):
             full = param.detach().full_tensor() if hasattr(param, "full_tensor") else param.detach()
             gathered.append((name, full.cpu()))
-    if worker.rank != 0:
+    if state.rank != 0 or state.lora is None:
         return
-    assert worker.cfg.lora is not None
-    write_adapter(folder, dict(peft_tensors(gathered)), worker.cfg.lora, worker.model_path)
-
-
-def copy_model_files(source: Path, folder: Path) -> None:
-    """The model folder's config, tokenizer, processor and template files (not its weights)."""
-    for pattern in MODEL_FOLDER_FILES:
-        for file in source.glob(pattern):
-            if file.name != "model.safetensors.index.json":
-                shutil.copy2(file, folder / file.name)
+    write_adapter(folder, dict(peft_tensors(gathered)), state.lora, state.model_path)
 
 
 def _jsonable(value: Any) -> Any:

@@ -33,6 +33,17 @@ class LoraSettings(StrictConfig):
     """Also put adapters into the vision tower (vLLM's LoRA applies to the language model only)."""
 
 
+class HostMallocSettings(StrictConfig):
+    """How a learner rank's C allocator (glibc malloc) gives freed host memory back to the system;
+    the figures behind the defaults are in vidrl.learner.memory."""
+
+    mmap_threshold_bytes: int | None = Field(4 << 20, ge=4096)
+    """Host allocations of at least this size get a mapping of their own, unmapped when freed (the
+    trim threshold is set to the same value). None: glibc's adaptive threshold."""
+    trim_every: Literal["never", "microbatch", "step"] = "never"
+    """Hand every free page of the heap back (malloc_trim) after each micro-batch, each step, or never."""
+
+
 class LearnerConfig(StrictConfig):
     num_ranks: int = Field(2, ge=1)
     """torch.distributed ranks (Ray actors) that shard the policy with FSDP2."""
@@ -86,6 +97,8 @@ class LearnerConfig(StrictConfig):
     """Upper bound of one weight bucket published to the object store."""
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """Attention kernel: auto = flash-attn 2 on GPUs where installed and compute is bf16, else SDPA."""
+    host_malloc: HostMallocSettings = HostMallocSettings()
+    """How freed host memory goes back to the system (vidrl.learner.memory)."""
     loss: LossConfig = LossConfig()
     """The GRPO objective: advantages, clipping, KL, entropy, aggregation."""
     lora: LoraSettings | None = None

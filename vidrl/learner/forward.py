@@ -3,8 +3,8 @@
 `response_logprobs_shared` runs one packed sequence per group (`vidrl.learner.prefix`): the
 prompt and its video once, then all G responses, which share the prompt through the attention of
 `vidrl.learner.attention` (two passes without a T x T mask by default; a dense 4D mask, or flex).
-For a family with recurrent layers (Qwen3.5, `prefix_sharing == "state"`) it runs the prompts
-once and every response from its prompt's cache instead (`vidrl.learner.state_prefix`).
+A family with recurrent layers shares the prompt through its cache instead
+(`vidrl.learner.state_prefix`); `vidrl.learner.layouts` chooses between them once per run.
 `response_logprobs_plain` runs the same groups the ordinary way, G sequences of prompt +
 response, each with its own copy of the video through the vision encoder. Both return the same
 records and are differentiable, so the shared layout can be checked against the plain one (it
@@ -32,7 +32,6 @@ Where it departs from the references:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -40,52 +39,15 @@ from torch import nn
 
 from vidrl.learner.attention import SHARED_PREFIX_ATTENTION, Kernel, prefix_layout
 from vidrl.learner.logprobs import DEFAULT_CHUNK_TOKENS, HeadRequest, scoring_head
-from vidrl.learner.prefix import (
-    PackedBatch,
-    PackedGroup,
-    batch_groups,
-    response_mask,
-    split_group,
-    unpack_responses,
-)
+from vidrl.learner.prefix import batch_groups, pad_token_id, response_mask, split_group, unpack_responses
+from vidrl.learner.types import PackedBatch, PackedGroup, ResponseLogprobs, VisionInputs
 from vidrl.models import family_of
-
-# Re-exported: the Qwen2.5-VL rule with explicit sizes (tests and benchmarks call it directly).
-from vidrl.models.qwen2_5_vl import prompt_position_ids  # noqa: F401
 
 # Attention implementations that read an explicit 4D mask from the model's forward.
 MASKABLE_ATTENTION = ("sdpa", "eager", SHARED_PREFIX_ATTENTION)
 
 PrefixAttention = Literal["mask", "two_pass", "flex"]
 """How the responses of a packed group share its prompt (see vidrl.learner.attention)."""
-
-
-@dataclass(frozen=True)
-class VisionInputs:
-    """One prompt's video as the processor gives it; computed once, reused by every layout.
-
-    pixel_values_videos: [patches, channels * temporal_patch * patch * patch] float.
-    video_grid_thw: [videos, 3] long, the patch grid (time, height, width) of each video.
-    """
-
-    pixel_values_videos: torch.Tensor
-    video_grid_thw: torch.Tensor
-
-
-@dataclass(frozen=True)
-class ResponseLogprobs:
-    """Per-token values of one group's G responses, right-padded to the longest (Lmax).
-
-    logprobs: [G, Lmax] float32, log p(token) under the policy at the given temperature; 0 on
-        padding.
-    entropies: [G, Lmax] float32 entropy of the same next-token distribution (0 on padding), or
-        None when not asked for.
-    mask: [G, Lmax] bool, True on real response tokens.
-    """
-
-    logprobs: torch.Tensor
-    entropies: torch.Tensor | None
-    mask: torch.Tensor
 
 
 def config_prompt_position_ids(
@@ -149,22 +111,8 @@ def response_logprobs_shared(
     and "flex" need the text model under `vidrl_shared_prefix` (`use_shared_prefix_attention`),
     with `kernel` "sdpa" or "flash" for two_pass. banned_ids: tokens the rollout never samples
     (the family's vision placeholders), left out of the distribution as the engine leaves them out.
-    A family whose prefix is shared through its cache (recurrent layers) ignores `attention` and
-    `kernel`: see vidrl.learner.state_prefix.
     """
-    if family_of(model.config).prefix_sharing == "state":
-        from vidrl.learner.state_prefix import response_logprobs_from_prefix_state
-
-        return response_logprobs_from_prefix_state(
-            model,
-            groups,
-            vision,
-            temperature=temperature,
-            with_entropy=with_entropy,
-            chunk_tokens=chunk_tokens,
-            banned_ids=banned_ids,
-        )
-    batch = batch_groups(groups, _pad_token_id(model), with_mask=attention == "mask")
+    batch = batch_groups(groups, pad_token_id(model), with_mask=attention == "mask")
     parameter = next(model.parameters())
     implementation = attention_implementation(model)
     if attention == "mask":
@@ -175,19 +123,11 @@ def response_logprobs_shared(
     if implementation != SHARED_PREFIX_ATTENTION:
         raise ValueError(
             f"prefix attention {attention!r} needs the text model under {SHARED_PREFIX_ATTENTION!r}, "
-            f"not {implementation!r} (see vidrl.learner.forward.use_shared_prefix_attention)"
+            f"not {implementation!r} (vidrl.learner.model.choose_attention picks it for this layout)"
         )
     layout = prefix_layout(batch, "flex" if attention == "flex" else kernel, parameter.device)
     extra = {"prefix_layout": layout}
     return _forward(model, batch, None, vision, temperature, with_entropy, chunk_tokens, banned_ids, extra)
-
-
-def use_shared_prefix_attention(model: nn.Module) -> None:
-    """Run `model`'s text model under `vidrl_shared_prefix` (the vision tower keeps its own)."""
-    from vidrl.learner.attention import register_shared_prefix_attention
-
-    register_shared_prefix_attention()
-    model.set_attn_implementation({"text_config": SHARED_PREFIX_ATTENTION})  # type: ignore[operator]
 
 
 def response_logprobs_plain(
@@ -212,7 +152,7 @@ def response_logprobs_plain(
         singles = split_group(group)
         sequences.extend(singles)
         sequence_vision.extend([video] * len(singles))
-    batch = batch_groups(sequences, _pad_token_id(model), with_mask=False)
+    batch = batch_groups(sequences, pad_token_id(model), with_mask=False)
     # A 2D padding mask lets transformers build the causal mask itself (SDPA's is_causal fast
     # path when nothing is padded), as an unshared learner would run.
     padding = batch.padding_mask.long().to(next(model.parameters()).device)
@@ -240,9 +180,7 @@ def _forward(
     width = batch.input_ids.shape[1]
     # Rows before the earliest prompt end never predict a response token: skip them.
     first_row = min(int(group.logit_rows.min()) for group in batch.groups)
-    videos = [video for video in vision if video is not None]
-    pixels = torch.cat([v.pixel_values_videos for v in videos]).to(device) if videos else None
-    grids = torch.cat([v.video_grid_thw for v in videos]).to(device) if videos else None
+    pixels, grids = video_tensors(vision, device)
     batch_rows = torch.cat([torch.full_like(g.logit_rows, b) for b, g in enumerate(batch.groups)])
     columns = torch.cat([group.logit_rows for group in batch.groups]) - first_row
     targets = torch.cat([group.targets for group in batch.groups])
@@ -313,8 +251,14 @@ def _stack_rows(rows: Sequence[torch.Tensor], fill: float | bool) -> torch.Tenso
     return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=fill)
 
 
-def _pad_token_id(model: nn.Module) -> int:
-    """The pad id from the text config (any id works: padding is masked and never read)."""
-    config = getattr(model.config, "text_config", model.config)
-    pad = getattr(config, "pad_token_id", None)
-    return int(pad) if pad is not None else 0
+def video_tensors(
+    vision: Sequence[VisionInputs | None], device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The videos of a batch as the model takes them: pixels [sum of patches, D] and grids
+    [videos, 3] on `device`, or (None, None) when no group has a video."""
+    videos = [video for video in vision if video is not None]
+    if not videos:
+        return None, None
+    pixels = torch.cat([torch.as_tensor(v.pixel_values_videos) for v in videos]).to(device)
+    grids = torch.cat([torch.as_tensor(v.video_grid_thw).long() for v in videos]).to(device)
+    return pixels, grids

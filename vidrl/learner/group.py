@@ -13,24 +13,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from vidrl.learner.batch import (
-    TrainGroup,
-    UpdatePlan,
-    micro_batches,
-    split_across_ranks,
-    split_into_updates,
-    step_totals,
-)
+from vidrl.learner.batch import split_into_updates, update_plans
 from vidrl.learner.config import LearnerConfig
-from vidrl.learner.losses import MISMATCH_PREFIX
+from vidrl.learner.types import TrainGroup, UpdatePlan, merge_rank_metrics
 
 log = logging.getLogger(__name__)
-
-SUMMED_METRICS = ("tokens", "sequences", "microbatches", "padding_tokens_saved")
-# The rollout/learner mismatch arrives as raw sums over tokens: means are taken after the sum.
-MISMATCH_MEANS = ("abs_log_ratio", "k3", "beyond")
-# The ranks run in lockstep, so the slowest rank's time is the step's; memory: the fullest rank's.
-MAX_METRICS = ("step_seconds", "peak_host_bytes", "peak_device_bytes")
 
 
 class LearnerGroup:
@@ -94,7 +81,7 @@ class LearnerGroup:
                 for worker, plans in zip(self.workers, per_rank, strict=True)
             ]
         )
-        metrics = combine_metrics(results)
+        metrics = merge_rank_metrics(results)
         # The driver's clock adds Ray's dispatch and the transfer of the groups to the ranks'
         # compute (step_seconds): the throughput a training loop actually gets.
         metrics["wall_seconds"] = time.perf_counter() - started
@@ -144,39 +131,3 @@ class LearnerGroup:
         for worker in self.workers:
             ray.kill(worker)
         self.workers = []
-
-
-def update_plans(groups: Sequence[TrainGroup], cfg: LearnerConfig, budget: int) -> list[UpdatePlan]:
-    """One update's plan for every rank: its groups balanced over the ranks by cost, each share
-    in micro-batches under the token budget, the totals over all of them."""
-    totals = step_totals(groups)
-    shares = split_across_ranks(groups, cfg.num_ranks, cfg.shared_prefix)
-    batches = []
-    for share in shares:
-        mine = [groups[i] for i in share]
-        plan = micro_batches(mine, budget, cfg.shared_prefix)
-        batches.append(tuple(tuple(mine[i] for i in batch) for batch in plan))
-    most = max(len(b) for b in batches)
-    return [UpdatePlan(b, most, totals) for b in batches]
-
-
-def combine_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Sum the counts, take the slowest rank's time; the loss-like metrics arrive as
-    already-normalised partial sums."""
-    out: dict[str, float] = {}
-    for metrics in per_rank:
-        for key, value in metrics.items():
-            if key.startswith(MISMATCH_PREFIX):
-                out[key] = out.get(key, 0.0) + value
-            elif key.endswith("_sum") or key in SUMMED_METRICS:
-                out[key.removesuffix("_sum")] = out.get(key.removesuffix("_sum"), 0.0) + value
-            elif key in MAX_METRICS or (key.startswith("load_") and key.removeprefix("load_") in MAX_METRICS):
-                out[key] = max(out.get(key, 0.0), value)
-            else:
-                out[key] = value  # identical on every rank (lr, grad_norm, updates)
-    tokens = out.pop(f"{MISMATCH_PREFIX}tokens", 0.0)
-    for name in MISMATCH_MEANS:
-        total = out.pop(f"{MISMATCH_PREFIX}{name}", None)
-        if total is not None and tokens:
-            out[f"mismatch/{name}"] = total / tokens
-    return out

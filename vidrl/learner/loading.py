@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -189,3 +190,15 @@ def checkpoint_names(model: nn.Module, model_path: str) -> dict[str, str]:
 def _model_state_names(model: nn.Module) -> Iterator[tuple[str, Any]]:
     yield from model.named_parameters(remove_duplicate=False)
     yield from model.named_buffers()
+
+
+MODEL_FOLDER_FILES = ("*.json", "*.jinja", "*.txt", "*.model")
+"""A model folder's config, tokenizer, processor and template files (what is not weights)."""
+
+
+def copy_model_files(source: Path, folder: Path) -> None:
+    """The model folder's config, tokenizer, processor and template files (not its weights)."""
+    for pattern in MODEL_FOLDER_FILES:
+        for file in source.glob(pattern):
+            if file.name != SAFETENSORS_INDEX:
+                shutil.copy2(file, folder / file.name)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from vidrl.learner.config import LoraSettings
-from vidrl.learner.loading import local_rows
+from vidrl.learner.loading import copy_model_files, local_rows
 
 ADAPTER_NAME = "default"
 PEFT_PREFIX = "base_model.model."
@@ -177,7 +177,6 @@ def export_merged(adapter: Path, out: Path, base: str | None = None) -> Path:
     it like any checkpoint. The base's config, tokenizer and processor files are copied along."""
     from safetensors.torch import load_file, save_file
 
-    from vidrl.learner.checkpoint import copy_model_files
     from vidrl.learner.loading import build_on_meta, checkpoint_files, checkpoint_names
 
     tensors, config = read_adapter(adapter)

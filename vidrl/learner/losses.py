@@ -11,8 +11,9 @@ corrections as the config says:
                  (vidrl.learner.offpolicy), when the engine's log-probs are known
     mismatch     how far the learner's log-probs are from the engine's, summed for metrics
 
-Every sum is a share of an update-wide total (`UpdatePlan.totals`), so micro-batches and ranks
-add up to the update's value.
+Every loss term is a share of an update-wide total (`UpdatePlan.totals`), so micro-batches and
+ranks add up to the update's value (`LossSums`); the mismatch is kept as raw sums over tokens
+(`MismatchSums`), made into means once all ranks' sums are in (vidrl.learner.types).
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from vidrl.learner.batch import StepTotals, TrainGroup
-from vidrl.learner.forward import ResponseLogprobs
 from vidrl.learner.grpo import grpo_loss
 from vidrl.learner.loss_config import LossConfig
-from vidrl.learner.offpolicy import mismatch_sums, rejection_mask, truncated_weights
-
-MISMATCH_PREFIX = "mismatch_"
-"""Raw sums over tokens (not shares of a total): the group divides them by the token sum."""
+from vidrl.learner.offpolicy import MismatchSums, mismatch_sums, rejection_mask, truncated_weights
+from vidrl.learner.types import LossSums, ResponseLogprobs, StepTotals, TrainGroup, add_mismatch
 
 
 def rollout_logprobs(group: TrainGroup, like: Tensor) -> Tensor | None:
@@ -62,15 +59,16 @@ def grpo_microbatch(
     cfg: LossConfig,
     totals: StepTotals,
     measure_mismatch: bool,
-) -> tuple[Tensor, dict[str, float]]:
-    """GRPO loss of the micro-batch and metric partial sums (`<name>_sum`, mismatch raw sums).
+) -> tuple[Tensor, LossSums, MismatchSums | None]:
+    """GRPO loss of the micro-batch, its share of the loss terms, and the mismatch sums (None
+    unless measured).
 
     learner_old[i]: group i's log-probs under the policy before the step's first update, or None
     (old_logprobs: rollout). measure_mismatch: compare the current forward with the engine (the
     policy has not moved yet in this step's first update)."""
     denominator = totals.response_tokens if cfg.loss_agg == "token-mean" else totals.sequences
     loss = torch.zeros((), device=outputs[0].logprobs.device)
-    parts: dict[str, float] = {}
+    sums, mismatch = LossSums(), None
     for index, (group, out) in enumerate(zip(groups, outputs, strict=True)):
         engine = rollout_logprobs(group, out.logprobs)
         old_learner = learner_old[index]
@@ -92,31 +90,22 @@ def grpo_microbatch(
             rollout_weights=weights,
         )
         loss = loss + terms.loss
-        for name in ("policy_loss", "kl", "entropy", "clip_fraction"):
-            _add(parts, f"{name}_sum", float(getattr(terms, name)))
-        _add(parts, "loss_sum", float(terms.loss.detach()))
+        sums = sums + LossSums(
+            loss=float(terms.loss.detach()),
+            policy_loss=float(terms.policy_loss),
+            kl=float(terms.kl),
+            entropy=float(terms.entropy),
+            clip_fraction=float(terms.clip_fraction),
+        )
         if measure_mismatch and engine is not None:
-            add_mismatch(parts, out.logprobs.detach(), engine, out.mask, cfg.rollout_is_cap)
-    return loss, parts
+            measured = mismatch_sums(out.logprobs.detach(), engine, out.mask, cfg.rollout_is_cap)
+            mismatch = add_mismatch(mismatch, measured)
+    return loss, sums, mismatch
 
 
-def add_mismatch(
-    parts: dict[str, float], learner: Tensor, engine: Tensor, mask: Tensor, bound: float
-) -> None:
-    sums = mismatch_sums(learner, engine, mask, bound)
-    for name in ("abs_log_ratio", "k3", "beyond", "tokens"):
-        _add(parts, f"{MISMATCH_PREFIX}{name}", getattr(sums, name))
-
-
-def sft_microbatch(
-    outputs: Sequence[ResponseLogprobs], totals: StepTotals
-) -> tuple[Tensor, dict[str, float]]:
+def sft_microbatch(outputs: Sequence[ResponseLogprobs], totals: StepTotals) -> tuple[Tensor, LossSums]:
     """Cross-entropy of the reference responses, averaged over all their tokens in the update."""
     nll = sum(-(out.logprobs * out.mask).sum() for out in outputs) / max(totals.response_tokens, 1)
     entropy = sum((out.entropies * out.mask).sum() for out in outputs if out.entropies is not None)
     entropy = float(entropy) / max(totals.response_tokens, 1)
-    return nll, {"loss_sum": float(nll.detach()), "entropy_sum": entropy}  # type: ignore[union-attr]
-
-
-def _add(parts: dict[str, float], key: str, value: float) -> None:
-    parts[key] = parts.get(key, 0.0) + value
+    return nll, LossSums(loss=float(nll.detach()), entropy=entropy)  # type: ignore[union-attr]

@@ -17,8 +17,11 @@ import ctypes
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from vidrl.learner.config import HostMallocSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +74,32 @@ def _status_bytes(field: str) -> int | None:
 
 # mallopt's parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-HOST_MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
-def return_freed_host_memory() -> bool:
-    """Serve every host allocation over 128 KiB from its own mapping, unmapped when it is freed.
+class HostMalloc:
+    """A learner rank's host-memory policy (`learner.host_malloc`): `apply()` once when the rank
+    starts, `after(point)` at the end of each micro-batch and each step."""
 
-    Why: glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB), so a
-    learner's activations, recomputed layers and gradient buckets (1-100 MB each, allocated and
-    freed every layer) soon come from the heap, where freed blocks below a live one are never
-    given back: resident memory grows by GBs over a step that needs far less. A fixed threshold
-    (set explicitly, which also turns glibc's adjustment off) and an equal trim threshold keep
-    the resident set at what is live. Returns False where the C library is not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
-    except (OSError, AttributeError):
-        return False
-    done = all(
-        mallopt(option, HOST_MMAP_THRESHOLD_BYTES) == 1 for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)
-    )
-    log.debug("host malloc: mmap and trim thresholds %d bytes (%s)", HOST_MMAP_THRESHOLD_BYTES, done)
-    return done
+    def __init__(self, settings: HostMallocSettings) -> None:
+        self.settings = settings
+        self._libc: Any = None
+
+    def apply(self) -> bool:
+        """Set the fixed mmap and trim thresholds, if any; False where the C library is not glibc."""
+        try:
+            libc = ctypes.CDLL(None)  # the C library this process already runs on
+            mallopt, _ = libc.mallopt, libc.malloc_trim  # both glibc's
+        except (OSError, AttributeError):
+            return False
+        self._libc = libc
+        threshold = self.settings.mmap_threshold_bytes
+        if threshold is None:
+            return True
+        done = all(mallopt(option, threshold) == 1 for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD))
+        log.debug("host malloc: mmap and trim thresholds %d bytes (%s)", threshold, done)
+        return done
+
+    def after(self, point: str) -> None:
+        """`point` ("microbatch" or "step") has ended: trim the heap if the policy says so."""
+        if self._libc is not None and self.settings.trim_every == point:
+            self._libc.malloc_trim(0)

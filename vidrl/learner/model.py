@@ -5,9 +5,9 @@ the vision blocks of each family, its transformers `_no_split_modules`). The vis
 also a unit of its own (its patch embedding, merger and DeepStack mergers), which lets a rank
 whose micro-batch has no video still run the tower on a dummy input: every rank must run
 the same collectives in the same order, with a gradient for every parameter, or the step
-hangs (`vision_tower_in_lockstep` runs the dummy where the real tower would run). No rank ever
-holds the whole model: it is built on the meta device, sharded, and each rank reads its own
-rows of the checkpoint (loading.py).
+hangs (`vision_tower_in_lockstep` runs the family's dummy pass where the real tower would run).
+No rank ever holds the whole model: it is built on the meta device, sharded, and each rank reads
+its own rows of the checkpoint (loading.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import nn
 from vidrl.learner.attention import SHARED_PREFIX_ATTENTION, Kernel, register_shared_prefix_attention
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import MASKABLE_ATTENTION
+from vidrl.learner.layouts import Layout
 from vidrl.learner.loading import build_on_meta, checkpoint_names, load_shards, materialise
 from vidrl.models import family_of
 
@@ -45,14 +46,15 @@ class AttentionChoice:
         return {"text_config": self.text, "vision_config": self.vision}
 
 
-def choose_attention(cfg: LearnerConfig, device: torch.device) -> AttentionChoice:
+def choose_attention(cfg: LearnerConfig, device: torch.device, layout: Layout) -> AttentionChoice:
     """Each part of the model gets the best kernel it can use, independently (logged).
 
     auto: flash-attn 2 on a GPU where it is installed and compute is bf16, else PyTorch SDPA.
     flash-attn takes no float32 inputs, so asking for it with float32 compute is an error. The
     text model runs under the shared-prefix implementation for the two_pass and flex layouts
-    (two_pass then uses flash-attn's varlen kernel where flash-attn was chosen); the dense-mask
-    layout needs a maskable attention, so flash-attn falls back to SDPA there.
+    (two_pass then uses flash-attn's varlen kernel where flash-attn was chosen); the layouts
+    that hand the model a 4D mask (mask, prompt_state) need a maskable attention, so flash-attn
+    falls back to SDPA there.
     """
     flash_ok = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
     if cfg.attention == "flash_attention_2" and cfg.param_dtype == "float32":
@@ -65,13 +67,13 @@ def choose_attention(cfg: LearnerConfig, device: torch.device) -> AttentionChoic
     else:
         base = "flash_attention_2" if flash_ok and cfg.param_dtype == "bfloat16" else "sdpa"
     text = base
-    if cfg.shared_prefix and cfg.prefix_attention != "mask":
+    if layout in ("two_pass", "flex"):
         text = SHARED_PREFIX_ATTENTION
-    elif cfg.shared_prefix and base not in MASKABLE_ATTENTION:
-        log.warning("the dense-mask shared-prefix layout needs a 4D mask: text attention sdpa, not %s", base)
+    elif layout in ("mask", "prompt_state") and base not in MASKABLE_ATTENTION:
+        log.warning("the %s layout hands the model a 4D mask: text attention sdpa, not %s", layout, base)
         text = "sdpa"
     choice = AttentionChoice(text, base, "flash" if base == "flash_attention_2" else "sdpa")
-    log.info("attention: %s (requested %s, device %s)", choice, cfg.attention, device)
+    log.info("attention: %s (requested %s, layout %s, device %s)", choice, cfg.attention, layout, device)
     return choice
 
 
@@ -114,11 +116,6 @@ def build_sharded(
     return model
 
 
-def vision_tower(model: nn.Module) -> nn.Module | None:
-    inner = getattr(model, "model", model)
-    return getattr(inner, "visual", None)
-
-
 def compute_dtype(cfg: LearnerConfig) -> torch.dtype:
     """The dtype of forward/backward compute (and of the frozen reference's weights)."""
     return torch.bfloat16 if cfg.param_dtype == "bfloat16" else torch.float32
@@ -143,7 +140,7 @@ def shard_model(
         raise ValueError(f"{type(model).__name__} has no {missing} modules to shard (vidrl.models)")
     for unit in units:
         fully_shard(unit, **options)
-    tower = vision_tower(model)
+    tower = family_of(model.config).vision_tower(model)
     if tower is not None:
         fully_shard(tower, **options)
     fully_shard(model, **options)
@@ -152,24 +149,6 @@ def shard_model(
         model.eval()
     log.info("FSDP2: %d units (%s) + vision tower + root", len(units), ", ".join(sorted(unit_names)))
     return model
-
-
-def dummy_vision_pass(model: nn.Module) -> torch.Tensor:
-    """Run the vision tower on the smallest input (one 2x2-patch frame pair) and return a
-    zero that depends on every tensor it returns (the merged patches and, for DeepStack, the
-    features of its inner blocks), so a rank with no video joins the tower's collectives with a
-    gradient for each of its parameters."""
-    tower = vision_tower(model)
-    if tower is None:
-        return torch.zeros(())
-    cfg: Any = tower.config
-    patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size
-    merge = cfg.spatial_merge_size
-    device = tower.patch_embed.proj.weight.device
-    grid = torch.tensor([[1, merge, merge]], device=device)
-    pixels = torch.zeros(merge * merge, patch_dim, device=device)
-    out = tower(pixels, grid_thw=grid)
-    return sum((t.float().sum() for t in _tensors(out)), torch.zeros((), device=device)) * 0.0
 
 
 @contextlib.contextmanager
@@ -185,30 +164,17 @@ def vision_tower_in_lockstep(model: nn.Module, no_video: bool) -> Iterator[list[
     them on a rank with video: the collectives would pair tensors of different sizes.
     """
     zeros: list[torch.Tensor] = []
-    if not no_video or vision_tower(model) is None:
+    family = family_of(model.config)
+    if not no_video or family.vision_tower(model) is None:
         yield zeros
         return
-    text_model = model.model.language_model  # type: ignore[union-attr]
 
     def before_text(module: nn.Module, args: Any) -> None:
         if not zeros:  # once per block: a family that runs the text model twice ran the tower once
-            zeros.append(dummy_vision_pass(model))
+            zeros.append(family.dummy_vision_pass(model))
 
-    handle = text_model.register_forward_pre_hook(before_text)
+    handle = family.text_model(model).register_forward_pre_hook(before_text)
     try:
         yield zeros
     finally:
         handle.remove()
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a model output, tuple or list, nested (a tower's ModelOutput holds
-    `pooler_output` and, in Qwen3-VL, `deepstack_features`: a list of tensors)."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, Mapping):  # transformers' ModelOutput is an ordered dict
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, tuple | list):
-        for item in value:
-            yield from _tensors(item)

@@ -14,8 +14,8 @@ per group, and the gradients of all G responses reach the shared prompt through 
 then costs P + sum(L) tokens instead of G * P + sum(L).
 
 This module is pure tensor bookkeeping (no model): packing, the masks, batching with right
-padding, and the rows of the logits that predict each response token. `vidrl.learner.forward`
-runs the model on what it builds.
+padding, and the rows of the logits that predict each response token (the records are in
+vidrl.learner.types). `vidrl.learner.forward` runs the model on what it builds.
 
 Where it departs from the references:
 - verl's PrefixGrouper reaches the same result by splitting attention into a prefix
@@ -33,81 +33,21 @@ Where it departs from the references:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-# Segment id of prompt tokens; response g (0-based) has segment g + 1, padding has -1.
+from vidrl.learner.types import PackedBatch, PackedGroup
+
 PROMPT_SEGMENT = 0
-PAD_SEGMENT = -1
+"""Segment id of prompt tokens; response g (0-based) has segment g + 1."""
 
 
-@dataclass(frozen=True)
-class PackedGroup:
-    """One prompt and its G responses as one sequence of T = P + N tokens, N = sum(L_g).
-
-    input_ids: [T] long, the prompt then each response in order.
-    position_ids: [3, T] long, multimodal rotary positions (temporal, height, width).
-    segment_ids: [T] long, 0 on the prompt and g + 1 on response g.
-    response_lengths: [G] tokens in each response, every one at least 1.
-    logit_rows: [N] long, the sequence row whose logits predict each response token: the last
-        prompt row (P - 1) for the first token of every response, else the previous token's row.
-    targets: [N] long, the response tokens themselves, in packed order.
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    segment_ids: torch.Tensor
-    response_lengths: tuple[int, ...]
-    logit_rows: torch.Tensor
-    targets: torch.Tensor
-
-    @property
-    def prompt_length(self) -> int:
-        """P: tokens before the first response."""
-        return int(self.input_ids.shape[0]) - sum(self.response_lengths)
-
-    @property
-    def length(self) -> int:
-        """T: tokens in the packed sequence."""
-        return int(self.input_ids.shape[0])
-
-    @property
-    def num_responses(self) -> int:
-        """G: responses in the group."""
-        return len(self.response_lengths)
-
-    def response_spans(self) -> list[tuple[int, int]]:
-        """[start, end) of each response in the packed sequence, in order."""
-        spans, start = [], self.prompt_length
-        for length in self.response_lengths:
-            spans.append((start, start + length))
-            start += length
-        return spans
-
-
-@dataclass(frozen=True)
-class PackedBatch:
-    """B packed groups right-padded to a common length T (the longest group).
-
-    input_ids: [B, T] long, padded with the pad token.
-    position_ids: [3, B, T] long, 0 on padding.
-    attention_mask: [B, 1, T, T] bool, True where a query row may attend to a key column; None
-        when the batch was made without it (layouts that never build a T x T mask).
-    padding_mask: [B, T] bool, True on real tokens.
-    groups: the B groups, for unpacking the outputs.
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor | None
-    padding_mask: torch.Tensor
-    groups: tuple[PackedGroup, ...]
-
-    @property
-    def real_tokens(self) -> int:
-        """Tokens the groups hold, padding excluded."""
-        return sum(group.length for group in self.groups)
+def pad_token_id(model: nn.Module) -> int:
+    """The pad id from the text config (any id works: padding is masked and never read)."""
+    config = getattr(model.config, "text_config", model.config)
+    pad = getattr(config, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
 
 
 def response_positions(prompt_position_ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -228,10 +168,3 @@ def response_mask(group: PackedGroup, device: torch.device | None = None) -> tor
     lengths = torch.tensor(group.response_lengths, device=device)
     columns = torch.arange(max(group.response_lengths), device=device)
     return columns.unsqueeze(0) < lengths.unsqueeze(1)
-
-
-def token_counts(groups: Sequence[PackedGroup]) -> tuple[int, int]:
-    """(shared, plain) tokens the groups cost: sum(P + sum L) vs sum(G * P + sum L)."""
-    shared = sum(group.length for group in groups)
-    plain = sum(g.num_responses * g.prompt_length + sum(g.response_lengths) for g in groups)
-    return shared, plain

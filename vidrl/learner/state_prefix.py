@@ -18,18 +18,17 @@ always scores one extra row at weight 0 so that it is in the backward graph even
 response has a single token. Left padding leaves the prompt's state exact: padded positions are
 zeroed before each linear layer (their inputs, keys and values are 0, so the recurrence and the
 convolution stay at their zero start) and masked as attention keys. Log-probs and gradients
-equal the plain layout's to float32 rounding (tests/test_family_qwen3_5.py: < 1e-5).
+equal the plain layout's to float32 rounding (tests/test_families.py: < 1e-5).
 
 Where it departs from transformers: its linear-attention cache layer copies new states into
 fixed buffers in place (for CUDA graphs), which would break the backward of a cache reused by a
 second forward; `_StateLayer` keeps the tensors it is given instead. Activation checkpointing
 drops the cache (transformers' GradientCheckpointingLayer sets past_key_values=None), so under it
-this path falls back to the plain layout, with one log line.
+such a model runs in the plain layout (vidrl.learner.layouts chooses it, with one log line).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,14 +36,10 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionCacheLayerMixin, LinearAttentionLayer
 
-from vidrl.learner.forward import ResponseLogprobs, VisionInputs, _pad_token_id, response_logprobs_plain
+from vidrl.learner.forward import video_tensors
 from vidrl.learner.logprobs import DEFAULT_CHUNK_TOKENS, HeadRequest, scoring_head
-from vidrl.learner.prefix import PackedGroup, response_mask, response_positions, unpack_responses
-
-CHECKPOINTING_FALLBACK = (
-    "activation checkpointing drops the model's cache, so the responses of a group cannot start from "
-    "its prompt's state: this model's groups run in the plain layout (G copies of the prompt)"
-)
+from vidrl.learner.prefix import pad_token_id, response_mask, response_positions, unpack_responses
+from vidrl.learner.types import PackedGroup, ResponseLogprobs, VisionInputs
 
 
 def response_logprobs_from_prefix_state(
@@ -57,14 +52,12 @@ def response_logprobs_from_prefix_state(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     banned_ids: Sequence[int] = (),
 ) -> list[ResponseLogprobs]:
-    """`response_logprobs_shared`'s records for a model with recurrent layers: the prompts once,
-    the responses from their prompt's cache (module docstring). Differentiable."""
+    """The records of `vidrl.learner.forward.response_logprobs_shared` for a model with recurrent
+    layers: the prompts once, the responses from their prompt's cache (module docstring).
+    Differentiable."""
     if len(vision) != len(groups):
         raise ValueError(f"{len(groups)} groups but {len(vision)} vision inputs")
     common = {"temperature": temperature, "with_entropy": with_entropy, "chunk_tokens": chunk_tokens}
-    if model.training and getattr(model, "is_gradient_checkpointing", False):
-        warnings.warn(CHECKPOINTING_FALLBACK, stacklevel=2)  # shown once per process
-        return response_logprobs_plain(model, groups, vision, banned_ids=banned_ids, **common)
     device = next(model.parameters()).device
     banned = torch.tensor(list(banned_ids), dtype=torch.long, device=device) if banned_ids else None
     cache, first = _prompt_pass(model, groups, vision, banned, **common)
@@ -94,7 +87,7 @@ def _prompt_pass(
     device = next(model.parameters()).device
     lengths = [group.prompt_length for group in groups]
     width = max(lengths)
-    input_ids = torch.full((len(groups), width), _pad_token_id(model), dtype=torch.long)
+    input_ids = torch.full((len(groups), width), pad_token_id(model), dtype=torch.long)
     positions = torch.zeros((3, len(groups), width), dtype=torch.long)
     real = torch.zeros((len(groups), width), dtype=torch.bool)  # [B, Pmax]
     for row, (group, length) in enumerate(zip(groups, lengths, strict=True)):
@@ -105,7 +98,7 @@ def _prompt_pass(
     # A padded query row sees itself only: a row with no key makes SDPA's softmax NaN.
     attend = (causal & real[:, None, :]) | torch.eye(width, dtype=torch.bool)  # [B, Pmax, Pmax]
     masks = _layer_masks(model, attend[:, None], real, device)
-    videos = [video for video in vision if video is not None]
+    pixels, grids = video_tensors(vision, device)
     rows = torch.cat([torch.full((g.num_responses,), b) for b, g in enumerate(groups)])
     targets = torch.cat(
         [group.input_ids[start : start + 1] for group in groups for start, _ in group.response_spans()]
@@ -125,10 +118,8 @@ def _prompt_pass(
             input_ids=input_ids.to(device),
             position_ids=positions.to(device),
             attention_mask=masks,
-            pixel_values_videos=torch.cat([v.pixel_values_videos for v in videos]).to(device)
-            if videos
-            else None,
-            video_grid_thw=torch.cat([v.video_grid_thw for v in videos]).to(device) if videos else None,
+            pixel_values_videos=pixels,
+            video_grid_thw=grids,
             past_key_values=cache,
             logits_to_keep=1,
             use_cache=False,
@@ -155,7 +146,7 @@ def _response_pass(
     ]
     count, width = len(responses), max(len(tokens) for _, tokens in responses)
     prompt_width = max(group.prompt_length for group in groups)
-    input_ids = torch.full((count, width), _pad_token_id(model), dtype=torch.long)
+    input_ids = torch.full((count, width), pad_token_id(model), dtype=torch.long)
     positions = torch.zeros((3, count, width), dtype=torch.long)
     own = torch.ones(width, width, dtype=torch.bool).tril()  # causal within the response
     prefix = torch.zeros((count, width, prompt_width), dtype=torch.bool)  # [R, Lmax, Pmax]

@@ -9,7 +9,11 @@ video: `idle_group`) with weight 0 so the FSDP2 collectives stay in lockstep at 
 
 Memory: every rank reports its peak host memory (and peak GPU memory on GPUs) for building
 and for each step (`peak_host_bytes`, `peak_device_bytes`), and hands freed host memory back
-to the system as it goes (`return_freed_host_memory`; vidrl.learner.memory).
+to the system as `learner.host_malloc` says (vidrl.learner.memory).
+
+The layout of every forward pass (plain, shared-prefix, prompt state) is chosen once, when the
+rank builds (vidrl.learner.layouts). A step's metrics leave the rank as one typed record
+(`RankMetrics`), which the group merges with the other ranks'.
 
 Old log-probs: with `old_logprobs: recompute` a forward pass over the same micro-batches,
 before the first update, gives the learner's own pi_old (and the rollout/learner mismatch,
@@ -30,29 +34,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vidrl.learner.batch import StepTotals, TrainGroup, UpdatePlan
-from vidrl.learner.checkpoint import materialise_optimizer_state
+from vidrl.learner.checkpoint import TrainingState, materialise_optimizer_state
 from vidrl.learner.config import LearnerConfig
-from vidrl.learner.forward import (
-    ResponseLogprobs,
-    VisionInputs,
-    config_prompt_position_ids,
-    response_logprobs_plain,
-    response_logprobs_shared,
-)
-from vidrl.learner.losses import (
-    MISMATCH_PREFIX,
-    add_mismatch,
-    grpo_microbatch,
-    kept_mask,
-    rollout_logprobs,
-    sft_microbatch,
-)
-from vidrl.learner.memory import PeakMemory, resident_anon_bytes, return_freed_host_memory
+from vidrl.learner.forward import config_prompt_position_ids
+from vidrl.learner.layouts import LAYOUTS, choose_layout
+from vidrl.learner.losses import grpo_microbatch, kept_mask, rollout_logprobs, sft_microbatch
+from vidrl.learner.memory import HostMalloc, PeakMemory, resident_anon_bytes
 from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, vision_tower_in_lockstep
-from vidrl.learner.prefix import PackedGroup, pack_group
+from vidrl.learner.offpolicy import MismatchSums, mismatch_sums
+from vidrl.learner.prefix import pack_group
 from vidrl.learner.schedule import lr_lambda
-from vidrl.models import family_of
+from vidrl.learner.types import (
+    LossSums,
+    PackedGroup,
+    RankMetrics,
+    ResponseLogprobs,
+    StepTotals,
+    TrainGroup,
+    UpdatePlan,
+    VisionInputs,
+    add_mismatch,
+)
+from vidrl.models import family_at
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,8 @@ class LearnerWorker:
         self.export_dtype = None if export_dtype is None else getattr(torch, export_dtype)
         self.step = 0
         self.memory = PeakMemory()
-        return_freed_host_memory()
+        self.host_malloc = HostMalloc(cfg.host_malloc)
+        self.host_malloc.apply()
         torch.manual_seed(seed)
 
     # ------------------------------------------------------------------ setup
@@ -113,7 +117,10 @@ class LearnerWorker:
             phases[f"{phase}_anon_bytes"] = float(resident_anon_bytes() or 0)
 
         mark("start")
-        self.attention = choose_attention(self.cfg, self.device)
+        family = family_at(self.model_path)
+        layout = choose_layout(self.cfg, family)  # every pass of the run: policy, old, reference
+        self.attention = choose_attention(self.cfg, self.device, layout)
+        self.layout_logprobs = LAYOUTS[layout](self.attention.prefix_kernel)
         torch.manual_seed(self.seed)
         self.model = build_sharded(
             self.model_path, self.attention, self.cfg, self.device, torch.float32, seed=self.seed
@@ -121,7 +128,7 @@ class LearnerWorker:
         self.config = self.model.config
         # The engine never samples the family's vision placeholders: they leave the learner's
         # distribution too (one list for both: vidrl.models).
-        self.banned_ids = family_of(self.config).placeholder_token_ids(self.config)
+        self.banned_ids = family.placeholder_token_ids(self.config)
         mark("policy")
         self.reference = None
         # With LoRA the reference policy is the base model: the policy with its adapters off.
@@ -177,7 +184,7 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ training
 
-    def train_step(self, updates: Sequence[UpdatePlan], epochs: int, mode: str) -> dict[str, float]:
+    def train_step(self, updates: Sequence[UpdatePlan], epochs: int, mode: str) -> RankMetrics:
         """One step: `epochs` passes over `updates`, one optimizer update each. With
         `old_logprobs: recompute` the old policy is first computed by a forward pass over the
         same micro-batches, before any update."""
@@ -185,38 +192,37 @@ class LearnerWorker:
         self.memory.reset()
         recompute = mode == "grpo" and self.cfg.old_logprobs == "recompute"
         idle = [idle_group(self.banned_ids)]
-        old, sums = self._recompute_old(updates, idle) if recompute else ({}, {})
+        old, mismatch = self._recompute_old(updates, idle) if recompute else ({}, None)
         totals = [self._kept_totals(update, old) for update in updates] if recompute else None
         self.model.train()
-        norms, lrs = [], []
+        terms, norms, lrs = LossSums(), [], []
         for epoch in range(epochs):
             for index, update in enumerate(updates):
                 measure = not recompute and epoch == 0 and index == 0
                 counts = update.totals if totals is None else totals[index]
-                parts = self._update(update, counts, mode, idle, old, measure)
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value
+                update_terms, measured = self._update(update, counts, mode, idle, old, measure)
+                terms, mismatch = terms + update_terms, add_mismatch(mismatch, measured)
                 norms.append(self._clip_gradients())
                 self.optimizer.step()
                 lrs.append(self.scheduler.get_last_lr()[0])
                 self.scheduler.step()
                 self.step += 1
+        self.host_malloc.after("step")
         runs = len(updates) * epochs
-        means = {k: v / runs for k, v in sums.items() if not k.startswith(MISMATCH_PREFIX)}
-        tokens = epochs * sum(
-            g.cost(self.cfg.shared_prefix) for u in updates for mb in u.microbatches for g in mb
+        peak = self.memory.read()
+        return RankMetrics(
+            terms=terms.scaled(1.0 / runs),
+            mismatch=mismatch,
+            grad_norm=sum(norms) / runs,
+            lr=lrs[0],
+            updates=runs,
+            tokens=epochs
+            * sum(g.cost(self.cfg.shared_prefix) for u in updates for b in u.microbatches for g in b),
+            microbatches=sum(len(u.microbatches) for u in updates),
+            step_seconds=time.perf_counter() - started,
+            peak_host_bytes=peak.get("peak_host_bytes"),
+            peak_device_bytes=peak.get("peak_device_bytes"),
         )
-        return {
-            **means,
-            **{k: v for k, v in sums.items() if k.startswith(MISMATCH_PREFIX)},
-            "grad_norm": sum(norms) / runs,
-            "lr": lrs[0],
-            "updates": float(runs),
-            "tokens": float(tokens),
-            "microbatches": float(sum(len(u.microbatches) for u in updates)),
-            "step_seconds": time.perf_counter() - started,
-            **self.memory.read(),
-        }
 
     def _update(
         self,
@@ -226,20 +232,21 @@ class LearnerWorker:
         idle: Sequence[TrainGroup],
         old: dict[int, torch.Tensor],
         measure: bool,
-    ) -> dict[str, float]:
+    ) -> tuple[LossSums, MismatchSums | None]:
         """Forward and backward every micro-batch of one update (gradients left for the optimizer)."""
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
+        terms, mismatch = LossSums(), None
         for index in range(update.num_microbatches):
             active = index < len(update.microbatches)
             groups = update.microbatches[index] if active else idle
-            loss, parts = self._microbatch_loss(groups, totals, mode, old, measure and active)
+            loss, parts, measured = self._microbatch_loss(groups, totals, mode, old, measure and active)
             # FSDP2 averages gradients over ranks; the loss is a share of an update-wide sum.
             (loss * (self.world_size if active else 0.0)).backward()
+            del loss
+            self.host_malloc.after("microbatch")
             if active:
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value
-        return sums
+                terms, mismatch = terms + parts, add_mismatch(mismatch, measured)
+        return terms, mismatch
 
     def _microbatch_loss(
         self,
@@ -248,35 +255,36 @@ class LearnerWorker:
         mode: str,
         old: dict[int, torch.Tensor],
         measure: bool,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, LossSums, MismatchSums | None]:
         packed = [self._pack(g) for g in groups]
-        vision = [self._vision(g) for g in groups]
+        vision = [g.vision for g in groups]
         outputs, tower_zero = self._logprobs(self.model, packed, vision, with_entropy=True)
+        mismatch = None
         if mode == "sft":
             loss, parts = sft_microbatch(outputs, totals)
         else:
             references = self._reference_logprobs(packed, vision)
             learner_old = [old.get(id(g)) for g in groups]
-            loss, parts = grpo_microbatch(
+            loss, parts, mismatch = grpo_microbatch(
                 groups, outputs, references, learner_old, self.cfg.loss, totals, measure
             )
-        return (loss if tower_zero is None else loss + tower_zero.to(loss.device)), parts
+        return (loss if tower_zero is None else loss + tower_zero.to(loss.device)), parts, mismatch
 
     @torch.no_grad()
     def _recompute_old(
         self, updates: Sequence[UpdatePlan], idle: Sequence[TrainGroup]
-    ) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
+    ) -> tuple[dict[int, torch.Tensor], MismatchSums | None]:
         """The current policy's log-probs of every group, by group identity, from forward passes
         over the updates' own micro-batches (every rank runs as many as the others), and the
         mismatch sums against the engine's log-probs."""
         self.model.eval()
         old: dict[int, torch.Tensor] = {}
-        sums: dict[str, float] = {}
+        mismatch = None
         for update in updates:
             for index in range(update.num_microbatches):
                 active = index < len(update.microbatches)
                 groups = update.microbatches[index] if active else idle
-                packed, vision = [self._pack(g) for g in groups], [self._vision(g) for g in groups]
+                packed, vision = [self._pack(g) for g in groups], [g.vision for g in groups]
                 outputs, _ = self._logprobs(self.model, packed, vision, with_entropy=False)
                 if not active:
                     continue
@@ -284,8 +292,10 @@ class LearnerWorker:
                     old[id(group)] = out.logprobs
                     engine = rollout_logprobs(group, out.logprobs)
                     if engine is not None:
-                        add_mismatch(sums, out.logprobs, engine, out.mask, self.cfg.loss.rollout_is_cap)
-        return old, sums
+                        bound = self.cfg.loss.rollout_is_cap
+                        measured = mismatch_sums(out.logprobs, engine, out.mask, bound)
+                        mismatch = add_mismatch(mismatch, measured)
+        return old, mismatch
 
     def _kept_totals(self, update: UpdatePlan, old: dict[int, torch.Tensor]) -> StepTotals:
         """The update's loss denominators over the tokens rejection sampling keeps, summed over
@@ -323,32 +333,20 @@ class LearnerWorker:
     def _logprobs(
         self, model: Any, packed: list[PackedGroup], vision: list[VisionInputs | None], with_entropy: bool
     ) -> tuple[list[ResponseLogprobs], torch.Tensor | None]:
-        """Per-token log-probs in the configured layout, through the chunked head, and the zero of
-        the vision tower's dummy pass when no group has a video (None otherwise): every rank runs
-        the tower, in the same place (vidrl.learner.model.vision_tower_in_lockstep)."""
+        """Per-token log-probs in the run's layout (vidrl.learner.layouts), through the chunked
+        head, and the zero of the vision tower's dummy pass when no group has a video (None
+        otherwise): every rank runs the tower, in the same place (vision_tower_in_lockstep)."""
         with vision_tower_in_lockstep(model, all(v is None for v in vision)) as tower:
-            records = self._records(model, packed, vision, with_entropy)
+            records = self.layout_logprobs(
+                model,
+                packed,
+                vision,
+                temperature=self.temperature,
+                with_entropy=with_entropy,
+                chunk_tokens=self.cfg.logprob_chunk_tokens,
+                banned_ids=self.banned_ids,
+            )
         return records, (tower[0] if tower else None)
-
-    def _records(
-        self, model: Any, packed: list[PackedGroup], vision: list[VisionInputs | None], with_entropy: bool
-    ) -> list[ResponseLogprobs]:
-        common = {
-            "temperature": self.temperature,
-            "with_entropy": with_entropy,
-            "chunk_tokens": self.cfg.logprob_chunk_tokens,
-            "banned_ids": self.banned_ids,
-        }
-        if not self.cfg.shared_prefix:
-            return response_logprobs_plain(model, packed, vision, **common)
-        return response_logprobs_shared(
-            model,
-            packed,
-            vision,
-            attention=self.cfg.prefix_attention,
-            kernel=self.attention.prefix_kernel,
-            **common,
-        )
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -359,21 +357,14 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ inputs
 
-    def _vision(self, group: TrainGroup) -> VisionInputs | None:
-        if group.vision is None:
-            return None
-        return VisionInputs(
-            pixel_values_videos=torch.from_numpy(group.vision.pixel_values_videos).to(self.device),
-            video_grid_thw=torch.from_numpy(group.vision.video_grid_thw).long(),
-        )
-
     def _pack(self, group: TrainGroup) -> PackedGroup:
         prompt = torch.from_numpy(group.prompt_ids).long()
+        vision = group.vision
         positions = config_prompt_position_ids(
             self.config,
             prompt,
-            None if group.vision is None else torch.from_numpy(group.vision.video_grid_thw),
-            None if group.vision is None else group.vision.second_per_grid_ts.tolist(),
+            None if vision is None else torch.as_tensor(vision.video_grid_thw),
+            None if vision is None or vision.second_per_grid_ts is None else list(vision.second_per_grid_ts),
         )
         return pack_group(prompt, positions, [r.tolist() for r in group.responses])
 
@@ -429,12 +420,18 @@ class LearnerWorker:
     def save(self, path: str, extra_state: dict[str, Any]) -> None:
         from vidrl.learner.checkpoint import save_checkpoint
 
-        save_checkpoint(self, path, extra_state)
+        save_checkpoint(self._training_state(), path, extra_state)
 
     def load(self, path: str) -> dict[str, Any]:
         from vidrl.learner.checkpoint import load_checkpoint
 
-        return load_checkpoint(self, path)
+        self.step, extra = load_checkpoint(self._training_state(), path)
+        return extra
+
+    def _training_state(self) -> TrainingState:
+        return TrainingState(
+            self.rank, self.model, self.optimizer, self.scheduler, self.step, self.model_path, self.cfg.lora
+        )
 
 
 def idle_group(banned_ids: Sequence[int]) -> TrainGroup:

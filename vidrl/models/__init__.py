@@ -11,6 +11,8 @@ learner, the rollout or the cluster. What each family answers: vidrl.models.fami
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from vidrl.models import qwen2_5_vl, qwen3_5, qwen3_vl
@@ -35,4 +37,11 @@ def family_of(config: Any) -> ModelFamily:
     return family_named(str(getattr(config, "model_type", None)))
 
 
-__all__ = ["FAMILIES", "ModelFamily", "family_named", "family_of"]
+def family_at(model_path: str | Path) -> ModelFamily:
+    """The family of the checkpoint folder `model_path`, from its config.json alone (no
+    transformers import: safe in any thread, cheap in any process)."""
+    config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    return family_named(str(config.get("model_type")))
+
+
+__all__ = ["FAMILIES", "ModelFamily", "family_at", "family_named", "family_of"]

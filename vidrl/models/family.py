@@ -13,6 +13,10 @@ A `ModelFamily` is a frozen record of facts and pure functions, one per family m
                                     sequence with a prefix-sharing mask) or "state" (the prompt's
                                     cache: recurrent and convolution state plus attention K/V)
     video_size(...)                 the video processor's `size` for a clip (per-frame or per-clip bounds)
+    resize_factor                   frames are resized to multiples of it (patch x spatial merge)
+    end_of_turn                     the chat template's end-of-turn token
+    text_model(m) / vision_tower(m) where the language model and the vision tower sit in a model
+    dummy_vision_pass(m)            the tower on its smallest input, for a rank without video
     tiny                            how `vidrl tiny-model --family NAME` builds one
 
 The vision tower's extra outputs (DeepStack features) need no entry: the model's own forward
@@ -21,11 +25,12 @@ consumes them, and the dummy vision pass sums every tensor the tower returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 PrefixSharing = Literal["attention", "state"]
 """attention: the G responses read the prompt through a prefix-sharing attention layout (every
@@ -85,6 +90,8 @@ class ModelFamily:
     recurrent_layers: bool
     """Some text layers carry a recurrent state (vLLM runs the model as a hybrid: its prefix cache
     of such a model needs chunked prefill)."""
+    end_of_turn: str
+    """The chat template's end-of-turn token: a response ends with it (the SFT targets too)."""
     tiny: TinyRecipe
     """How the tiny random model is built."""
 
@@ -93,6 +100,31 @@ class ModelFamily:
         from `config`: the rollout bans them from sampling and the learner from its distribution."""
         ids = (getattr(config, name, None) for name in PLACEHOLDER_ATTRIBUTES)
         return tuple(sorted({int(i) for i in ids if i is not None}))
+
+    def text_model(self, model: nn.Module) -> nn.Module:
+        """The language model inside a checkpoint's model (what runs after the vision tower)."""
+        return model.model.language_model  # type: ignore[union-attr,return-value]
+
+    def vision_tower(self, model: nn.Module) -> nn.Module | None:
+        """The vision tower inside a checkpoint's model (None: a text-only model)."""
+        return getattr(getattr(model, "model", model), "visual", None)
+
+    def dummy_vision_pass(self, model: nn.Module) -> torch.Tensor:
+        """Run the vision tower on its smallest input (one temporal patch of merge x merge
+        patches) and return a zero that depends on every tensor it returns (the merged patches
+        and, for DeepStack, its inner blocks' features), so that a rank with no video still
+        joins the tower's collectives with a gradient for each of its parameters."""
+        tower = self.vision_tower(model)
+        if tower is None:
+            return torch.zeros(())
+        cfg: Any = tower.config
+        patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size
+        merge = cfg.spatial_merge_size
+        device = tower.patch_embed.proj.weight.device
+        grid = torch.tensor([[1, merge, merge]], device=device)
+        pixels = torch.zeros(merge * merge, patch_dim, device=device)
+        out = tower(pixels, grid_thw=grid)
+        return sum((t.float().sum() for t in _tensors(out)), torch.zeros((), device=device)) * 0.0
 
     def video_size(
         self, min_pixels_per_frame: int | None, max_pixels_per_frame: int | None, num_frames: int
@@ -103,3 +135,16 @@ class ModelFamily:
             return None
         frames = num_frames if self.clip_pixel_budget else 1
         return {"shortest_edge": min_pixels_per_frame * frames, "longest_edge": max_pixels_per_frame * frames}
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a model output, tuple or list, nested (a tower's ModelOutput holds
+    `pooler_output` and, in Qwen3-VL, `deepstack_features`: a list of tensors)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):  # transformers' ModelOutput is an ordered dict
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _tensors(item)

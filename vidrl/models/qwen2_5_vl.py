@@ -139,5 +139,6 @@ FAMILY = ModelFamily(
     resize_factor=28,
     deepstack=False,
     recurrent_layers=False,
+    end_of_turn="<|im_end|>",
     tiny=TinyRecipe(config=tiny_config, processor=tiny_processor),
 )

@@ -2,7 +2,7 @@
 
 Facts from transformers 5.19 (`models/qwen3_5`) and vLLM 0.32 (`qwen3_5.py`, which builds on
 its Qwen3-VL model and Qwen3-Next's layers), each checked by a test here where the stack allows
-(tests/test_family_qwen3_5.py, tests/test_models_family.py):
+(tests/test_families.py, tests/test_models_family.py):
 
 - Vision and prompts are Qwen3-VL's (time as `<t seconds>` text, one vision start/end pair per
   temporal patch, patch 16, positions per temporal patch), without DeepStack.
@@ -133,6 +133,7 @@ FAMILY = ModelFamily(
     resize_factor=qwen3_vl.PATCH_SIZE * qwen3_vl.SPATIAL_MERGE,
     deepstack=False,
     recurrent_layers=True,
+    end_of_turn="<|im_end|>",
     tiny=TinyRecipe(
         config=tiny_config,
         processor=qwen3_vl.tiny_processor,

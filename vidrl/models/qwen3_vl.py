@@ -1,7 +1,7 @@
 """Qwen3-VL: time written as text, interleaved multimodal rotary, DeepStack, patch 16.
 
 Facts from transformers 5.19 (`models/qwen3_vl`) and vLLM 0.32 (`qwen3_vl.py`), each checked
-by a test here where the stack allows (tests/test_family_qwen3_vl.py, tests/test_models_family.py):
+by a test here where the stack allows (tests/test_families.py, tests/test_models_family.py):
 
 - Video tokens: the processor writes `<t.t seconds>` before each temporal patch (2 frames) and
   wraps that patch's pads in its own `<|vision_start|>` ... `<|vision_end|>`; the template's own
@@ -163,5 +163,6 @@ FAMILY = ModelFamily(
     resize_factor=PATCH_SIZE * SPATIAL_MERGE,
     deepstack=True,
     recurrent_layers=False,
+    end_of_turn="<|im_end|>",
     tiny=TinyRecipe(config=tiny_config, processor=tiny_processor),
 )

@@ -10,7 +10,8 @@ Where we depart from the references (Temporal-R1, VideoChat-R1):
 - Predicted intervals are clamped to [0, duration] and must have start < end after
   clamping, else IoU 0; the references neither clamp nor check order, so a reversed or
   huge interval could still earn IoU.
-- Option letters must be unambiguous (`parse_letter`): "A or B" scores 0, not 1.
+- Option letters must be unambiguous (`parse_letter`): "A or B" and "[A] or [B]" score 0,
+  not 1; "[B]" and "B - text" name B.
 - Boxes are clamped to [0, 1] and a degenerate box scores 0 on its frame; the number of
   boxes must equal the ground truth's (VideoChat-R1 hard-codes 8).
 - The tag grammars are checked with anchored scans equivalent to the references' regexes
@@ -46,6 +47,7 @@ from vidrl.data.answers import (
     parse_letter,
     parse_videochat_glue,
 )
+from vidrl.data.iou import interval_iou
 from vidrl.data.sample import Box, Interval, Sample
 from vidrl.rewards.types import RewardInput
 
@@ -147,7 +149,8 @@ def tvg_iou(
     block: AnswerBlock = "last",
     numbers: NumberSyntax = "decimal",
 ) -> float | None:
-    """Temporal IoU of the answered interval with the ground truth (tvg only).
+    """Temporal IoU of the answered interval with the ground truth (tvg only), by
+    `vidrl.data.iou.interval_iou`, the function the evaluation's `temporal_iou` uses.
 
     The prediction is clamped to [0, duration]; start >= end after clamping scores 0.
     normalize: divide all times by the duration first, as Temporal-R1 does (the same IoU
@@ -167,7 +170,8 @@ def tvg_iou(
     if normalize and sample.duration > 0:
         duration = sample.duration
         start, end, gt_start, gt_end = (t / duration for t in (start, end, gt_start, gt_end))
-    return interval_iou((start, end), (gt_start, gt_end))
+    # Clipped: a reward stays in [0, 1] and is never NaN, whatever the sample holds.
+    return _unit(interval_iou((start, end), (gt_start, gt_end)))
 
 
 def mcq_accuracy(response: str, sample: Sample, block: AnswerBlock = "last") -> float | None:
@@ -236,13 +240,6 @@ def overlong_penalty(batch: list[RewardInput], max_tokens: int, buffer_tokens: i
         else:
             out.append(max((start - length) / buffer_tokens, -1.0))
     return out
-
-
-def interval_iou(a: Interval, b: Interval) -> float:
-    """max(min(ends) - max(starts), 0) / (max(ends) - min(starts)); 0 if that is empty."""
-    inter = max(min(a[1], b[1]) - max(a[0], b[0]), 0.0)
-    hull = max(a[1], b[1]) - min(a[0], b[0])
-    return _unit(inter / hull) if hull > 0 else 0.0
 
 
 def merged_iou(predicted: Sequence[Interval], truth: Sequence[Interval]) -> float:

@@ -21,7 +21,8 @@ temporal_r1 (Temporal-R1, arXiv 2506.01908; `verl/utils/reward_score/tvg.py` of 
       order, or by raising), so this is no difference in score;
     - the ground truth is divided by the duration when scoring, where their data files
       store it already divided (the same number up to the last bit);
-    - an mcq answer must name exactly one option letter (`parse_letter`).
+    - an mcq answer must name exactly one option letter (`parse_letter`, which also reads
+      "[B]" and "B - text").
     Some revisions of their code weight 0.9 * IoU + 0.1 * format; we follow the paper's 0.5/0.5.
 
 videochat_r1 (VideoChat-R1, `src/open_r1/grpo_tg.py`, `grpo_qa.py`, `grpo_gqa.py`,
@@ -43,11 +44,12 @@ videochat_r1 (VideoChat-R1, `src/open_r1/grpo_tg.py`, `grpo_qa.py`, `grpo_gqa.py
     - an empty union (a point answer on a point ground truth, or no glue against an empty
       ground truth) scores 0, where theirs scores 1.0;
     - an option letter is read by `parse_letter`: exactly one letter, as the answer ("B",
-      "(B)", "B.", "The answer is B"); theirs takes the first capital A-G anywhere after
-      deleting a few prefixes, so "A or B" reads as A, "Answer: B" as A (the A of Answer),
-      "Best option: C" as B (their prefix list joins "Best answer:" "Best option:" into one
-      string, so neither is removed) and "I think C" as C; ours reads "A or B" and
-      "I think C" as no answer, "Answer: B" as B and "Best option: C" as C;
+      "(B)", "B.", "[B]", "B - text", "The answer is B"); theirs takes the first capital A-G
+      anywhere after deleting a few prefixes, so "A or B" reads as A, "Answer: B" as A (the
+      A of Answer), "Best option: C" as B (their prefix list joins "Best answer:" "Best
+      option:" into one string, so neither is removed) and "I think C" as C; ours reads
+      "A or B", "[A] or [B]", "A - B" and "I think C" as no answer, "Answer: B" as B and
+      "Best option: C" as C (both read "[B]" and "B - text" as B);
     - tracking is not brought to their code: it needs len(sample.boxes) boxes where theirs
       needs exactly 8, reads the last answer block with `parse_boxes` (theirs: the first,
       with `ast.literal_eval`, newlines deleted), clamps boxes to the frame and scores a

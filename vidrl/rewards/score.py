@@ -41,17 +41,10 @@ class RowError(ValueError):
     """A row that cannot be scored; the message names the line, the field and the problem."""
 
 
-def score_rows(lines: Iterable[str], preset: str | None) -> Iterator[Row]:
-    """Score JSONL lines with a preset (None: "vidrl"), one output row per non-blank line.
-
-    An unknown preset raises at once (a config error, not a row error).
-    """
-    reward = preset_reward(preset)
-    return (row for row, _ in _score_lines(reward, lines))
-
-
 def main_score(path: str, preset: str | None, out: TextIO) -> int:
-    """Score the JSONL file at `path` ("-": stdin) into `out`; returns the number of bad rows."""
+    """Score the JSONL file at `path` ("-": stdin) into `out` with a preset (None: "vidrl");
+    returns the number of bad rows. An unknown preset raises before the file is opened (a
+    config error, not a row error)."""
     reward = preset_reward(preset)
     bad_rows = 0
     with _open_lines(path) as lines:

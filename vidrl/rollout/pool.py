@@ -34,6 +34,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 
+from vidrl.models import family_at
 from vidrl.rollout.config import RolloutConfig
 from vidrl.rollout.placement import WorkerPlacement, worker_options
 from vidrl.rollout.prompts import estimate_prompt_tokens
@@ -81,6 +82,8 @@ class RolloutPool:
         vidrl.cluster); None lets Ray place the workers."""
         self.cfg = cfg
         self.model_path = model_path
+        # Visual tokens per frame pair and this many pixels square: for balancing the workers.
+        self._merged_patch_pixels = family_at(model_path).resize_factor
         self._scheduling = list(scheduling) if scheduling is not None else None
         self._actor = ray.remote(RolloutWorker)
         # Held while calls are submitted (never while engines run): see "Threads" above.
@@ -122,7 +125,7 @@ class RolloutPool:
         sampling = sampling or self.cfg.sampling
         budget = sampling.samples_per_prompt * sampling.max_response_tokens
         # Every prompt may cost a full response budget on top of its own tokens.
-        costs = [estimate_prompt_tokens(p) + budget for p in prompts]
+        costs = [estimate_prompt_tokens(p, self._merged_patch_pixels) + budget for p in prompts]
         shares = spread_prompts(costs, len(self._workers))
         seeds = call_seeds(self.cfg.seed, [p.sample_id for p in prompts], step, refill_round)
         busy = [w for w, share in enumerate(shares) if share]

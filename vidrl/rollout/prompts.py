@@ -23,8 +23,6 @@ from vidrl.data.sample import Sample
 from vidrl.data.video import TEMPORAL_PATCH, Clip
 from vidrl.rollout.types import ClipSource, RolloutPrompt
 
-MERGED_PATCH_PIXELS = 28
-"""Qwen2.5-VL: one visual token per 28 x 28 pixels (patch 14, spatial merge 2) per frame pair."""
 CHARS_PER_TEXT_TOKEN = 4
 """Rough characters per token of English text under Qwen's tokenizer (estimates only)."""
 
@@ -115,16 +113,17 @@ def fit_prompt(
             positions = halve_positions(positions)
 
 
-def estimate_visual_tokens(video_shape: tuple[int, int, int]) -> int:
-    """Visual tokens of a clip of `video_shape` (T, H, W) if the processor keeps its size."""
+def estimate_visual_tokens(video_shape: tuple[int, int, int], merged_patch_pixels: int) -> int:
+    """Visual tokens of a clip of `video_shape` (T, H, W) if the processor keeps its size: one
+    per frame pair and `merged_patch_pixels` square (the family's resize factor: patch x merge)."""
     frames, height, width = video_shape
     pairs = -(-frames // TEMPORAL_PATCH)
-    return pairs * (height // MERGED_PATCH_PIXELS) * (width // MERGED_PATCH_PIXELS)
+    return pairs * (height // merged_patch_pixels) * (width // merged_patch_pixels)
 
 
-def estimate_prompt_tokens(prompt: RolloutPrompt) -> int:
+def estimate_prompt_tokens(prompt: RolloutPrompt, merged_patch_pixels: int) -> int:
     """Text plus visual tokens of `prompt`, estimated without a tokenizer (for balancing)."""
     shape = prompt.video_shape
     if isinstance(prompt.clip, Clip):
         shape = prompt.clip.frames.shape[:3]
-    return len(prompt.text) // CHARS_PER_TEXT_TOKEN + estimate_visual_tokens(shape)
+    return len(prompt.text) // CHARS_PER_TEXT_TOKEN + estimate_visual_tokens(shape, merged_patch_pixels)

@@ -62,10 +62,6 @@ class SelectionResult:
     before: Mapping[str, int]
     after: Mapping[str, int]
 
-    def reason_counts(self) -> dict[str, int]:
-        """Reason -> number of samples dropped for it (for the summary)."""
-        return dict(Counter(self.dropped.values()))
-
 
 def select(stats: Sequence[SampleStats], cfg: SelectionConfig) -> SelectionResult:
     """Keep the samples with a learning signal (rules in the module docstring)."""

@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -167,48 +167,8 @@ def stats_table(stats: Sequence[SampleStats]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=pa.schema(fields))
 
 
-def stats_from_table(table: pa.Table) -> list[SampleStats]:
-    """The inverse of `stats_table` (`has_scores` is derived from k, so it is not read back)."""
-    rows = table.to_pylist()
-    # rsplit: a component name may itself contain "/".
-    prefix = "component/"
-    columns = [c[len(prefix) :] for c in table.column_names if c.startswith(prefix)]
-    names = sorted({c.rsplit("/", 1)[0] for c in columns})
-    out: list[SampleStats] = []
-    for row in rows:
-        components = {
-            name: ComponentStats(
-                int(row[f"component/{name}/count"]),
-                *(float(row[f"component/{name}/{m}"]) for m in _MOMENTS),
-            )
-            for name in names
-            if row[f"component/{name}/count"] is not None
-        }
-        if row["task"] not in TASK_KINDS:
-            raise ValueError(f"sample {row['sample_id']!r}: unknown task {row['task']!r}")
-        out.append(
-            SampleStats(
-                sample_id=row["sample_id"],
-                task=cast(TaskKind, row["task"]),
-                k=int(row["k"]),
-                failed=int(row["failed"]),
-                mean=float(row["mean"]),
-                variance=float(row["variance"]),
-                std=float(row["std"]),
-                pass_rate=float(row["pass_rate"]),
-                components=components,
-            )
-        )
-    return out
-
-
 def write_stats(path: str | Path, stats: Sequence[SampleStats]) -> None:
     """Write the stats table as Parquet (parent folders are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(stats_table(stats), path)
-
-
-def read_stats(path: str | Path) -> list[SampleStats]:
-    """Read a table written by `write_stats`, rows in the order they were written."""
-    return stats_from_table(pq.read_table(path))

@@ -26,7 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from vidrl.config import RunConfig
+from vidrl.cluster.build import ray_session, reward_pool, serving
+from vidrl.cluster.config import RunConfig
+from vidrl.cluster.driver import score_batch
+from vidrl.cluster.inputs import LearnerInputs
+from vidrl.cluster.models import ModelRef, model_ref, serve, serving_config
 from vidrl.data.readers import load_samples, write_samples
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
@@ -51,8 +55,6 @@ def run_select(
     cfg: RunConfig, out: Path, model_path: str | None = None, progress: bool = True
 ) -> SelectOutput:
     """Repeated inference on every training sample, then the selection policy; see the module doc."""
-    from vidrl.cluster.build import ray_session
-
     path = model_path or cfg.model_path
     if path is None or cfg.data.train_path is None:
         raise ValueError("vidrl select needs model_path (or --model) and data.train_path")
@@ -70,39 +72,31 @@ def repeated_inference(
     import ray
     from tqdm import tqdm
 
-    from vidrl.cluster.build import reward_pool
-    from vidrl.cluster.driver import score_batch
-    from vidrl.cluster.inputs import LearnerInputs
-    from vidrl.cluster.models import ModelRef, model_ref, serve, serving_config
-    from vidrl.rollout.pool import RolloutPool
-
     ref = model_ref(model_path)  # a model folder, or a LoRA adapter on its base
     rollout_cfg = serving_config(cfg.rollout, [ref])
-    rollout = RolloutPool(rollout_cfg, ref.base)
-    serve(rollout, ref, 0, ModelRef(ref.base))
-    rewards = reward_pool(cfg)
-    inputs = LearnerInputs(
-        ref.base, cfg.video, cfg.prompt, rollout_cfg.min_pixels_per_frame, rollout_cfg.max_pixels_per_frame
-    )
+    inputs = LearnerInputs(ref.base, cfg.video, cfg.prompt)
     sampling = replace(cfg.rollout.sampling, samples_per_prompt=cfg.selection.repeats)
     chunk = cfg.selection.prompts_per_call
     out: list[SampleStats] = []
     bar = tqdm(total=len(samples), desc="select", unit="sample", disable=not progress, dynamic_ncols=True)
-    try:
-        for call, first in enumerate(range(0, len(samples), chunk)):
-            step = inputs.step_inputs(samples[first : first + chunk], skips, put=ray.put)
-            batch = rollout.generate(list(step.prompts), step=call, sampling=sampling)
-            for skipped in batch.skipped:
-                skips.skip(f"sample {skipped.sample_id}", skipped.reason, counted=True)
-            scores, _ = score_batch(rewards, batch, step.samples)
-            for group, group_scores in zip(batch.groups, scores, strict=True):
-                sample = step.samples[group.prompt_index]
-                out.append(sample_stats(sample.id, sample.task, group_scores, cfg.selection.pass_threshold))
-            bar.update(min(chunk, len(samples) - first))
-    finally:
-        bar.close()
-        rollout.shutdown()
-        rewards.shutdown()
+    with serving(cfg, rollout_cfg, ref.base) as rollout:
+        serve(rollout, ref, 0, ModelRef(ref.base))
+        rewards = reward_pool(cfg)
+        try:
+            for call, first in enumerate(range(0, len(samples), chunk)):
+                step = inputs.step_inputs(samples[first : first + chunk], skips, put=ray.put)
+                batch = rollout.generate(list(step.prompts), step=call, sampling=sampling)
+                for skipped in batch.skipped:
+                    skips.skip(f"sample {skipped.sample_id}", skipped.reason, counted=True)
+                scores, _ = score_batch(rewards, batch, step.samples)
+                for group, group_scores in zip(batch.groups, scores, strict=True):
+                    sample = step.samples[group.prompt_index]
+                    stats = sample_stats(sample.id, sample.task, group_scores, cfg.selection.pass_threshold)
+                    out.append(stats)
+                bar.update(min(chunk, len(samples) - first))
+        finally:
+            bar.close()
+            rewards.shutdown()
     return out
 
 
