@@ -1,13 +1,37 @@
-"""Peak memory of this process since the last reset: host (resident set) and, on GPUs, device.
+"""Host memory of a learner rank: its peak since a reset, and how freed memory goes back.
 
-Host: Linux's VmHWM (the high-water mark of the resident set), reset by writing 5 to
+Peak: Linux's VmHWM (the high-water mark of the resident set), reset by writing 5 to
 /proc/self/clear_refs. It counts every resident byte of the process (the Python heap, torch's
 allocations, the model's shards, mapped files that were read), which is what a node's memory
 limit sees. Where /proc is missing the host figures are absent rather than wrong.
 
-`return_freed_host_memory` keeps glibc's malloc from holding on to what torch frees: measured on
-the 0.5B learner of bench/memory.py (8 layers, one GRPO step), the step's peak fell from 9.18 to
-7.65 GB with it, at the same step time.
+Freed memory (`learner.host_malloc`, applied by `HostMalloc` when a rank starts). torch frees
+its CPU tensors to glibc's malloc, which serves a request above its mmap threshold from a
+mapping of its own (unmapped when freed: back to the system, at the price of page faults when
+the next one is touched) and a smaller one from the heap, where a freed block under a live one
+is never given back. glibc raises that threshold each time a mapped block is freed, up to
+32 MiB, so soon after a learner starts its activations and gradient buckets come from the heap
+and the resident set grows by GBs over a step that needs far less. Fixing the threshold stops
+the raise; where to fix it trades memory against page faults. Measured side by side on this
+project's 2-core AMX machine (bench/learner.py's tiny section: LearnerGroup step over a plain
+torch loop, whose own process keeps glibc's defaults and took 0.79-1.41 s over the runs, hence
+the spread; bench/prefix.py's 19M-parameter model at the shape of video RL, in one process;
+bench/memory.py's 494M-parameter learner, bf16 compute, one group of 8 x 512 tokens):
+
+    threshold        tiny 1x2 plain / shared    tiny 2x1 plain / shared   prefix shared   494M peak
+                                                                              fp32 / bf16     1 / 2 ranks
+    128 KiB (old)    0.60-0.64x / 1.75-1.77x    0.77-0.80x / 2.25-2.30x   5.73 / 4.97 s   10.85 / 6.39 GB
+    4 MiB (default)  0.86-0.91x / 2.81-2.85x    1.01-1.04x / 2.88-3.07x   4.62 / 3.10 s   11.22 / 6.71 GB
+    32 MiB           1.15x / 3.81x              1.28x / 3.71x             4.27 / 2.81 s   12.99 / 9.58 GB
+    none (glibc's)   0.61-1.31x / 1.46-4.47x    0.83-1.37x / 3.06-4.41x   4.37 / 2.84 s   12.90 / 9.48 GB
+
+malloc_trim after every micro-batch or step instead of a fixed threshold (`trim_every`) ran at
+0.81-0.94x plain and 2.68-2.87x shared; jemalloc and tcmalloc (Debian's packages, preloaded into
+the whole benchmark) ran like 4 MiB (0.91-1.04x plain, 2.98-3.03x shared) but are not on PyPI, so
+`make` cannot install them everywhere. So the default is a fixed 4 MiB threshold: it keeps the
+memory the 128 KiB threshold won (within 5%) and the speed of no fix on the plain layout; the
+shared layout stays 5-9% slower than glibc's own behaviour at the realistic shape, and 2.81-3.07x
+the plain loop on the tiny one (the 3x aimed for is missed by up to 6%).
 """
 
 from __future__ import annotations
