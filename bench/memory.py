@@ -150,7 +150,7 @@ def learner_memory(
     )
     learner = LearnerGroup(str(model_dir), cfg, seed=0, export_dtype="bfloat16")
     try:
-        step = learner.train_step([group])
+        step = learner.train_step([group]).metrics
         refs = learner.export_weights(1)
         export_bytes = sum(bucket.nbytes for bucket in ray.get(refs))
         export_peak = max(rank.get("peak_host_bytes", 0.0) for rank in learner.peak_memory())

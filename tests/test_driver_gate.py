@@ -19,6 +19,7 @@ from vidrl.cluster.inputs import StepInputs
 from vidrl.cluster.sampler import PromptSampler
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
+from vidrl.learner.types import LearnerStep
 from vidrl.rewards.types import RewardInput, RewardScore
 from vidrl.rollout.types import Response, RolloutBatch, RolloutGroup, RolloutMetrics, RolloutPrompt
 from vidrl.selection.gates import build_gate
@@ -150,16 +151,16 @@ def test_without_the_gate_every_group_is_trained_and_nothing_is_refilled() -> No
 class RecordingLearner:
     """Records the learner calls of a step, in order."""
 
-    def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
+    def __init__(self, calls: list[str], skipped: tuple[str, ...] = ()) -> None:
+        self.calls, self.skipped = calls, skipped
 
     def onload(self) -> float:
         self.calls.append("learner.onload")
         return 0.0
 
-    def train_step(self, groups: Sequence[Any]) -> dict[str, float]:
+    def train_step(self, groups: Sequence[Any]) -> LearnerStep:
         self.calls.append("learner.train_step")
-        return {"loss": 0.0}
+        return LearnerStep({"loss": 0.0, "updates": 0.0 if self.skipped else 1.0}, self.skipped)
 
     def export_weights(self, version: int) -> list[Any]:
         self.calls.append("learner.export_weights")
@@ -232,3 +233,28 @@ def test_a_collection_times_its_own_phases() -> None:
     assert all(v >= 0 for v in rollout.seconds.values())
     assert rollout.started <= rollout.finished
     assert sum(rollout.seconds.values()) <= rollout.finished - rollout.started
+
+
+def test_a_step_whose_updates_were_all_skipped_pushes_nothing() -> None:
+    from vidrl.cluster.driver import NonFiniteUpdates, SkipStreak, grpo_step
+
+    calls: list[str] = []
+    run = fake_run([sample(i, "mixed") for i in range(2)], gate=False, refills=0, prompts_per_step=2)
+    run.learner, run.weights_version = (
+        RecordingLearner(calls, ("update 1 of 1 (pass 1): loss not finite (samples a)",)),
+        4,
+    )
+    metrics, learned = grpo_step(run, 0, collect(run, step=0))  # type: ignore[arg-type]
+    assert calls == ["learner.train_step"] and run.weights_version == 4  # no export, no push
+    assert learned is not None and metrics["learner/updates"] == 0.0
+    # Three skipped updates in a row stop the run, naming the step and the reason; an applied
+    # update in between starts the count again.
+    streak = SkipStreak(limit=3)
+    skipped, applied = (
+        LearnerStep({"updates": 0.0}, ("loss not finite (samples a)",)),
+        LearnerStep({"updates": 1.0}),
+    )
+    for step, learned_step in enumerate([skipped, skipped, applied, skipped, skipped]):
+        streak.observe(step, learned_step)
+    with pytest.raises(NonFiniteUpdates, match=r"step 5: 3 updates in a row .*samples a"):
+        streak.observe(5, skipped)

@@ -157,3 +157,15 @@ def test_rank_metrics_merge_by_kind() -> None:
         0.05,
     )
     assert "mismatch/k3" not in merge_rank_metrics([rank(0.25, 1, 1.0, 1.0, None)])
+
+
+def test_skipped_updates_are_described_from_every_ranks_view() -> None:
+    from vidrl.learner.types import SkippedUpdate, describe_skips
+
+    nan = float("nan")
+    rank0 = (SkippedUpdate(1, 2, 3, (), nan),)  # its groups were fine; the global norm was not
+    rank1 = (SkippedUpdate(1, 2, 3, ("s7", "s9"), nan), SkippedUpdate(2, 1, 3, ("s1",), 0.5))
+    assert describe_skips([rank0, rank1]) == (
+        "update 2 of 3 (pass 1): loss not finite (samples s7, s9); gradient norm nan",
+        "update 1 of 3 (pass 2): loss not finite (samples s1)",
+    )

@@ -107,11 +107,11 @@ def one_rank_update(
     learner = LearnerGroup(str(model_dir), gradient_like(num_ranks=1, weight_bucket_bytes=64 * 1024), seed=0)
     try:
         learner.save(start, {})
-        one = learner.train_step(groups, max_tokens_per_microbatch=100_000)
+        one = learner.train_step(groups, max_tokens_per_microbatch=100_000).metrics
         whole = exported(learner, 1)
         learner.load(start)
         # each group costs about 50-70 tokens: a 70-token budget gives one micro-batch per group
-        four = learner.train_step(groups, max_tokens_per_microbatch=70)
+        four = learner.train_step(groups, max_tokens_per_microbatch=70).metrics
         split = exported(learner, 1)
     finally:
         learner.shutdown()
@@ -160,7 +160,7 @@ def test_two_ranks_match_one_and_resume_exactly(
             AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).named_parameters()
         )
         assert max_difference(exported(first, 0), {k: v.detach() for k, v in loaded.items()}) == 0.0
-        metrics = first.train_step(groups)
+        metrics = first.train_step(groups).metrics
         assert max_difference(exported(first, 1), one_rank_update["whole"]) < 1e-5  # 2 ranks == 1 rank
         assert metrics["tokens"] == sum(g.cost(True) for g in groups)
         first.save(str(tmp_path / "ckpt"), {"data_position": 7})
@@ -186,7 +186,7 @@ def test_two_ranks_match_one_and_resume_exactly(
             )
             for g in groups
         ]
-        losses = [resumed.train_step(sft, mode="sft")["loss"] for _ in range(4)]
+        losses = [resumed.train_step(sft, mode="sft").metrics["loss"] for _ in range(4)]
         assert losses[-1] < losses[0] - 0.1, losses
     finally:
         resumed.shutdown()
@@ -209,7 +209,7 @@ def test_a_rank_without_work_runs_the_idle_group_and_changes_nothing(
         cfg = gradient_like(num_ranks=ranks, old_logprobs="recompute", loss=LossConfig(kl_coef=0.1))
         learner = LearnerGroup(str(model_dir), cfg, seed=0)
         try:
-            metrics = learner.train_step(groups[:1])
+            metrics = learner.train_step(groups[:1]).metrics
             updates[ranks] = exported(learner, 1)
         finally:
             learner.shutdown()
@@ -232,7 +232,7 @@ def test_reference_in_compute_dtype_offloaded_and_weights_out_in_the_engine_dtyp
     learner = LearnerGroup(str(model_dir), cfg, seed=0, export_dtype="bfloat16")
     try:
         start = exported(learner, 0)
-        first, second = learner.train_step(groups), learner.train_step(groups)
+        first, second = learner.train_step(groups).metrics, learner.train_step(groups).metrics
         build = learner.build_memory
     finally:
         learner.shutdown()
@@ -257,7 +257,7 @@ def test_updates_per_step_equal_sequential_steps_on_the_mini_batches(
 
     split = LearnerGroup(str(model_dir), gradient_like(num_ranks=1, updates_per_step=2), seed=0)
     try:
-        metrics = split.train_step(groups)
+        metrics = split.train_step(groups).metrics
         at_once = exported(split, 1)
     finally:
         split.shutdown()
@@ -292,7 +292,7 @@ def test_recompute_measures_the_mismatch_and_rejection_drops_what_leaves_the_ban
     learner = LearnerGroup(str(model_dir), cfg, seed=0)
     try:
         before = exported(learner, 0)
-        metrics = learner.train_step(groups)
+        metrics = learner.train_step(groups).metrics
         after = exported(learner, 1)
     finally:
         learner.shutdown()
@@ -301,3 +301,65 @@ def test_recompute_measures_the_mismatch_and_rejection_drops_what_leaves_the_ban
     assert metrics["mismatch/beyond"] == 1.0 and metrics["mismatch/k3"] > 1.0
     assert metrics["policy_loss"] == 0.0
     assert max_difference(before, after) == 0.0
+
+
+def test_a_non_finite_loss_is_never_applied(cluster: None, model_dir: Path, groups: list[TrainGroup]) -> None:
+    """A NaN loss on one rank: both ranks skip that update (the weights stay bitwise as they were,
+    the skip is counted and names the samples), the next step applies as usual, and weights with
+    a NaN are neither pushed nor saved."""
+    from vidrl.learner.group import LearnerGroup
+    from vidrl.learner.guard import NonFiniteWeights
+
+    named = [
+        TrainGroup(g.prompt_ids, g.responses, g.advantages, g.old_logprobs, g.vision, f"s{i}")
+        for i, g in enumerate(groups)
+    ]
+    learner = LearnerGroup(str(model_dir), config(num_ranks=2), seed=0)
+    try:
+        before = exported(learner, 0)
+        ray.get(learner.workers[1].inject_nonfinite_loss.remote(1))
+        poisoned = learner.train_step(named)
+        assert poisoned.metrics["updates"] == 0.0 and poisoned.metrics["skipped_updates"] == 1.0
+        (reason,) = poisoned.skipped
+        assert "loss not finite" in reason and "gradient norm nan" in reason
+        after = exported(learner, 1)
+        assert all(torch.equal(before[k], after[k]) for k in before)  # bitwise: nothing applied
+        applied = learner.train_step(named)
+        assert applied.metrics["updates"] == 1.0 and applied.skipped == ()
+        assert max_difference(before, exported(learner, 2)) > 0  # this one moved the weights
+        # Weights that hold a NaN (however they came to) are refused by every rank, by name.
+        nan = lambda w: next(iter(w.model.parameters())).data.fill_(float("nan"))  # noqa: E731
+        ray.get([w.__ray_call__.remote(nan) for w in learner.workers])
+        with pytest.raises(ray.exceptions.RayTaskError, match=r"non-finite values .*not pushed"):
+            learner.export_weights(3)
+        with pytest.raises(ray.exceptions.RayTaskError, match=NonFiniteWeights.__name__):
+            learner.save("/nonexistent/never/written", {})
+    finally:
+        learner.shutdown()
+
+
+def test_a_checkpoint_of_one_rank_resumes_on_two(
+    cluster: None, model_dir: Path, groups: list[TrainGroup], tmp_path: Path
+) -> None:
+    """DCP reshards the model and optimizer state; the second rank, which the checkpoint has no
+    RNG state for, derives its own (and says so). The two ranks then take the step one rank
+    would have taken."""
+    from vidrl.learner.group import LearnerGroup
+
+    one = LearnerGroup(str(model_dir), gradient_like(num_ranks=1), seed=0)
+    try:
+        one.train_step(groups[:2])
+        one.save(str(tmp_path / "ckpt"), {"step": 1})
+        saved = exported(one, 1)
+        one.train_step(groups[2:])
+        continued = exported(one, 2)
+    finally:
+        one.shutdown()
+    two = LearnerGroup(str(model_dir), gradient_like(num_ranks=2), seed=5)
+    try:
+        assert two.load(str(tmp_path / "ckpt")) == {"step": 1}
+        assert max_difference(saved, exported(two, 1)) == 0.0
+        two.train_step(groups[2:])
+        assert max_difference(continued, exported(two, 2)) < 1e-5
+    finally:
+        two.shutdown()

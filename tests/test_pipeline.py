@@ -4,6 +4,7 @@ that goes on from the last checkpoint with the next unseen prompts and the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -205,3 +206,103 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(assets: dict[str, Path
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # no step logged twice, none missing
     state = json.loads((run_dir / "checkpoints" / "step_000004" / "trainer_state.json").read_text())
     assert prompts_drawn(state["extra"]["sampler"]) == 8  # 4 steps x 2 prompts: no replay, no skip
+
+
+def safety_overrides(assets: dict[str, Path], run_name: str, steps: int) -> list[str]:
+    return [
+        f"model_path={assets['model']}",
+        f"data.train_path={assets['train']}",
+        "data.eval_path=null",
+        f"output_dir={assets['runs']}",
+        f"run_name={run_name}",
+        f"trainer.steps={steps}",
+        "trainer.sft_steps=0",
+        "trainer.prompts_per_step=2",
+        "rollout.samples_per_prompt=2",
+        "rollout.max_response_tokens=8",
+        "trainer.checkpoint_every_steps=1",
+        "trainer.progress_bar=false",
+    ]
+
+
+def checkpoint_names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_a_save_killed_midway_costs_that_save_only(assets: dict[str, Path]) -> None:
+    """A driver killed (SIGKILL) while its step-3 checkpoint is half written; its newest finished
+    checkpoint then damaged and a metrics line torn. The rerun removes the half checkpoint, skips
+    the damaged one, resumes from the one before, logs each step once and keeps the newest two.
+    A rerun with another learning rate is refused naming it, and accepted with --resume-anyway."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from vidrl.cluster.config import load_run_config
+    from vidrl.cluster.identity import ConfigChanged
+    from vidrl.cluster.job import FAULT_KILL_IN_SAVE, train
+
+    overrides = [*safety_overrides(assets, "killed_in_save", steps=4), "trainer.keep_checkpoints=2"]
+    example = str(Path(__file__).parents[1] / "examples" / "synthetic.yaml")
+    command = [sys.executable, "-m", "vidrl.cli", "train", example, *overrides]
+    env = os.environ | {FAULT_KILL_IN_SAVE: "3"}  # after step 3's files are written, before COMPLETE
+    run_dir = assets["runs"] / "killed_in_save"
+    log = assets["runs"].parent / "killed_in_save.log"
+    with log.open("w") as output:
+        driver = subprocess.Popen(command, env=env, stdout=output, stderr=output, start_new_session=True)
+        returncode = driver.wait(timeout=600)
+    # The driver killed itself; its local Ray cluster's processes are in its process group.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(driver.pid, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert checkpoint_names(run_dir) == [".step_000003.partial", "step_000001", "step_000002"]
+    shard = next((run_dir / "checkpoints" / "step_000002" / "state").glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-10])  # the newest finished checkpoint, damaged
+    with (run_dir / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"step": 3, "learner/lo')  # a line torn by the kill
+
+    summary = train(load_run_config(example, overrides))
+    assert summary["start_step"] == 1  # step 2's checkpoint could not be read: the one before it
+    assert [r["step"] for r in read_metrics(run_dir)] == [0, 1, 2, 3]  # once each, nothing torn
+    assert checkpoint_names(run_dir) == ["step_000003", "step_000004"]  # keep_checkpoints: 2
+
+    changed = [*overrides, "learner.lr=2e-3", "trainer.steps=5"]
+    with pytest.raises(ConfigChanged, match=r"learner\.lr: 0\.001 -> 0\.002"):
+        train(load_run_config(example, changed))
+    assert checkpoint_names(run_dir) == ["step_000003", "step_000004"]  # refused before any work
+    resumed = train(load_run_config(example, changed), resume_anyway=True)
+    assert resumed["start_step"] == 4 and [r["step"] for r in read_metrics(run_dir)] == [0, 1, 2, 3, 4]
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["accepted_changes"] == ["learner.lr: 0.001 -> 0.002"]
+    assert "lr: 0.002" in (run_dir / "config.yaml").read_text()  # describes the newest checkpoint
+
+
+def test_updates_that_keep_going_bad_stop_the_run(
+    assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every loss NaN from the start: each step skips its update (weights version and checkpoints
+    unchanged), and the third in a row stops the run naming the step and the reason."""
+    import ray
+
+    from vidrl.cluster import job
+    from vidrl.cluster.config import load_run_config
+    from vidrl.cluster.driver import NonFiniteUpdates
+
+    real_run_grpo = job.run_grpo
+
+    def poisoned(run: object, *args: object) -> None:
+        ray.get([w.inject_nonfinite_loss.remote(10_000) for w in run.learner.workers])  # type: ignore[attr-defined]
+        real_run_grpo(run, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(job, "run_grpo", poisoned)
+    example = Path(__file__).parents[1] / "examples" / "synthetic.yaml"
+    cfg = load_run_config(example, safety_overrides(assets, "non_finite", steps=6))
+    with pytest.raises(NonFiniteUpdates, match=r"step 2: 3 updates in a row .*loss not finite \(samples "):
+        job.train(cfg)
+    rows = read_metrics(cfg.run_dir)
+    assert [r["learner/skipped_updates"] for r in rows] == [1.0, 1.0, 1.0]
+    assert [r["weights_version"] for r in rows] == [0.0, 0.0, 0.0]  # nothing was pushed
+    assert checkpoint_names(cfg.run_dir) == ["step_000001", "step_000002"]  # none after the stop
+    state = json.loads((cfg.run_dir / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+    assert state["step"] == 0 and state["extra"]["weights_version"] == 0  # no optimizer step taken

@@ -20,8 +20,9 @@ from vidrl.rewards.types import RewardInput, RewardScore
 __all__ = ["RewardInput", "RewardScore", "RunConfig", "Sample", "load_run_config", "register_reward", "train"]
 
 
-def train(config: RunConfig) -> dict[str, Any]:
-    """Run (or resume) the GRPO job `config` describes; returns its summary."""
+def train(config: RunConfig, resume_anyway: bool = False) -> dict[str, Any]:
+    """Run (or resume) the GRPO job `config` describes; returns its summary. A run directory
+    whose checkpoints were trained with another config is resumed only with `resume_anyway`."""
     from vidrl.cluster.job import train as run_job
 
-    return run_job(config)
+    return run_job(config, resume_anyway=resume_anyway)

@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vidrl.cluster.job import train
 
     cfg = load_run_config(args.config, args.overrides)
-    summary = train(cfg)
+    summary = train(cfg, resume_anyway=args.resume_anyway)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -224,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="GRPO training (resumes a run directory with checkpoints)")
     p.add_argument("config", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.lr=1e-6")
+    p.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="resume a run directory whose checkpoints were trained with another config, with the new "
+        "values (recorded in its history.jsonl); without it such a start is refused",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sft", help="supervised fine-tuning on reference answers (trainer.sft_steps)")

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from vidrl.cluster.config import RunConfig, dump_config
+from vidrl.cluster.config import RunConfig
 from vidrl.cluster.inputs import LearnerInputs
 from vidrl.cluster.metrics import MetricsSink
 from vidrl.cluster.resources import Placement, layout, placed_rollout_config
@@ -236,7 +236,6 @@ def build_run(cfg: RunConfig, model_path: str | None = None, placement: Placemen
     skips = SkipLog(cfg.data.max_skipped_fraction)
     samples = load_samples(cfg.data.train_path, cfg.data, skips)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     started = init_ray(cfg)
     owned = placement is None
     placement = reserve(cfg) if placement is None else placement

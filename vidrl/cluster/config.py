@@ -77,6 +77,8 @@ class TrainerConfig(StrictConfig):
     """Samples per SFT step."""
     checkpoint_every_steps: int = Field(0, ge=0)
     """Save a resumable checkpoint every this many GRPO steps (0: only at the end)."""
+    keep_checkpoints: int = Field(3, ge=0)
+    """Keep the newest this many checkpoints, removing older ones after each save (0: keep all)."""
     eval_every_steps: int = Field(0, ge=0)
     """Evaluate on data.eval_path every this many steps (0: only before and after training)."""
     eval_max_samples: int = Field(64, ge=1)
@@ -87,6 +89,8 @@ class TrainerConfig(StrictConfig):
     """Weights & Biases project to log to (needs the wandb package); None: off."""
     progress_bar: bool = True
     """Show a progress bar with step, reward, step time and ETA."""
+    max_consecutive_skips: int = Field(3, ge=1)
+    """Updates skipped in a row for a non-finite loss or gradient before the run stops."""
 
 
 class RunConfig(StrictConfig):

@@ -39,7 +39,7 @@ from vidrl.cluster.inputs import StepInputs
 from vidrl.cluster.metrics import PhaseTimer
 from vidrl.data.sample import Sample
 from vidrl.learner.grpo import group_advantages
-from vidrl.learner.types import TrainGroup
+from vidrl.learner.types import LearnerStep, TrainGroup
 from vidrl.rewards.types import RewardInput, RewardScore
 from vidrl.rollout.types import RolloutBatch
 from vidrl.selection.gates import filter_groups, prompts_to_draw
@@ -141,8 +141,35 @@ def score_batch(
     return tuple(grouped), len(scored.failures)
 
 
-def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
-    """Learn from one step's kept groups and push the weights; returns the step's metrics.
+class NonFiniteUpdates(RuntimeError):
+    """`trainer.max_consecutive_skips` updates in a row had a non-finite loss or gradient."""
+
+
+@dataclass
+class SkipStreak:
+    """Updates skipped in a row for a non-finite loss or gradient (vidrl.learner.guard): a run
+    whose updates keep going bad stops, naming the step and what was not finite."""
+
+    limit: int
+    count: int = 0
+
+    def observe(self, step: int, learned: LearnerStep | None) -> None:
+        if learned is None:
+            return
+        if learned.metrics.get("updates", 0.0) > 0:
+            self.count = 0
+        self.count += len(learned.skipped)
+        if learned.skipped and self.count >= self.limit:
+            raise NonFiniteUpdates(
+                f"step {step}: {self.count} updates in a row were not applied "
+                f"(trainer.max_consecutive_skips={self.limit}); the last: {learned.skipped[-1]}"
+            )
+
+
+def grpo_step(run: Run, step: int, rollout: Rollout) -> tuple[dict[str, float], LearnerStep | None]:
+    """Learn from one step's kept groups and push the weights; returns the step's metrics and
+    what the learner did (None: no group to train on). A step whose updates were all skipped
+    (no group, or a non-finite loss or gradient) pushes nothing: the weights version stays.
 
     Colocated (learner and engines on the same devices), the two take turns: the engines slept
     after generating, the learner's state comes back for the update and goes to host memory
@@ -154,17 +181,22 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
     with timer.phase("learn"):
         if colocated:
             run.learner.onload()
-        metrics = run.learner.train_step(groups) if groups else {}
+        learned = run.learner.train_step(groups) if groups else None
+    applied = learned is not None and learned.metrics["updates"] > 0
+    update: dict[str, float] = {}
     with timer.phase("sync"):
-        run.weights_version += 1
-        refs = run.learner.export_weights(run.weights_version)
+        if applied:
+            run.weights_version += 1
+            refs = run.learner.export_weights(run.weights_version)
         if colocated:
             run.learner.offload()
-        update = run.rollout.update_weights(run.weights_version, refs)
+        if applied:
+            update = dict(run.rollout.update_weights(run.weights_version, refs).as_dict())
+    metrics = {} if learned is None else learned.metrics
     return {
         **{f"learner/{k}": v for k, v in metrics.items()},
         **rollout_metrics(rollout.rounds),
-        **update.as_dict(),
+        **update,
         **reward_metrics(rollout.rounds),
         **rollout.gate_metrics,
         "groups/drawn": float(sum(r.drawn for r in rollout.rounds)),
@@ -174,7 +206,7 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> dict[str, float]:
         "groups/refill_rounds": float(len(rollout.rounds) - 1),
         **rollout.seconds,
         **timer.pop(),
-    }
+    }, learned
 
 
 def learner_groups(run: Run, round_: Round) -> list[TrainGroup]:
@@ -261,6 +293,7 @@ def run_grpo(
     steps = cfg.trainer.steps
     if start_step >= steps:
         return
+    streak = SkipStreak(cfg.trainer.max_consecutive_skips)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
     try:
         pending: Future[Rollout] | None = None
@@ -270,7 +303,7 @@ def run_grpo(
             pending = None
             if cfg.trainer.max_staleness == 1 and step + 1 < steps:
                 pending = executor.submit(collect, run, step + 1)
-            metrics = grpo_step(run, step, rollout)
+            metrics, learned = grpo_step(run, step, rollout)
             # A checkpoint after this step resumes with the prompts (and gate counts) after
             # this step's, even when the next step's prompts were already drawn (max_staleness 1).
             run.sampler_state, run.gate_state = rollout.sampler_state, rollout.gate_state
@@ -281,6 +314,7 @@ def run_grpo(
             if extra_metrics is not None:
                 metrics |= extra_metrics(step)
             run.sink.log(step, metrics)
+            streak.observe(step, learned)  # after the row is logged, before any checkpoint of it
             if on_step is not None:
                 on_step(step, metrics)
     finally:

@@ -132,6 +132,7 @@ class LearnerInputs:
             advantages=advantages.astype(np.float32),
             old_logprobs=tuple(r.logprobs.astype(np.float32) for r in group.responses),
             vision=vision,
+            sample_id=group.sample_id,
         )
 
     def sft_group(self, sample: Sample, prompt: RolloutPrompt, clip: Clip) -> TrainGroup:
@@ -145,4 +146,5 @@ class LearnerInputs:
             responses=(np.asarray([*target, self.end_of_turn], dtype=np.int64),),
             advantages=np.ones(1, dtype=np.float32),
             vision=vision,
+            sample_id=sample.id,
         )

@@ -1,25 +1,30 @@
 """A training job from start to finish: warm start, evaluate, GRPO, checkpoints, evaluate.
 
     runs/NAME/
-      config.yaml  metrics.jsonl  tb/  summary.json
+      config.yaml  metrics.jsonl  tb/  summary.json  history.jsonl
       sft/hf/                          the SFT warm start (when trainer.sft_steps > 0)
-      checkpoints/step_000050/         resumable (see vidrl.learner.checkpoint)
+      checkpoints/step_000050/         resumable (vidrl.learner.checkpoint), with its config.yaml
 
-A run directory that already holds checkpoints is resumed from the latest one: the sampler
-continues with the next unseen prompt, the weights version and the progress bar go on from
-where they were.
+A run directory that already holds checkpoints is resumed from the newest one that loads, and
+only with the config it was trained with (vidrl.cluster.identity): the sampler continues with the
+next unseen prompt, the weights version and the progress bar go on from where they were.
+Checkpoints are written whole or not at all and pruned to `trainer.keep_checkpoints`
+(vidrl.cluster.checkpoints); config.yaml always describes the newest one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
+from vidrl.cluster import checkpoints, identity
 from vidrl.cluster.build import Run, build_run, ray_session, reserved
-from vidrl.cluster.config import RunConfig
+from vidrl.cluster.config import RunConfig, dump_config
 from vidrl.cluster.driver import run_grpo
 from vidrl.cluster.evaluate import evaluate, evaluate_run
 from vidrl.cluster.metrics import Progress
@@ -30,10 +35,29 @@ from vidrl.data.skips import SkipLog
 
 log = logging.getLogger(__name__)
 
+FAULT_KILL_IN_SAVE = "VIDRL_FAULT_KILL_IN_SAVE"
+"""Fault-injection hook for tests: set to a step, the job kills itself (SIGKILL) while saving that
+step's checkpoint, after the learner wrote its files and before the checkpoint is complete."""
 
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Run (or resume) the job `cfg` describes; returns the summary written to summary.json."""
+
+def train(cfg: RunConfig, resume_anyway: bool = False) -> dict[str, Any]:
+    """Run (or resume) the job `cfg` describes; returns the summary written to summary.json.
+
+    A run directory with checkpoints is resumed only with the config it was trained with
+    (vidrl.cluster.identity); `resume_anyway` accepts the new values and records them."""
     started = time.perf_counter()
+    root = checkpoints_root(cfg)
+    checkpoints.remove_partial(root)
+    checkpoints.remove_partial(cfg.run_dir)  # a warm start cut short
+    newest = latest_checkpoint(cfg)
+    accepted: list[str] = []
+    if newest is not None:
+        saved = identity.saved_tree(newest) or identity.saved_tree(cfg.run_dir)
+        if saved is not None:
+            accepted = identity.check_resume(saved, cfg, newest, resume_anyway)
+    else:
+        write_config(cfg, cfg.run_dir)
+    identity.record_start(cfg, newest, accepted)
     # One placement group for the job: the warm start's learner, then the GRPO run, in it.
     with ray_session(cfg), reserved(cfg) as placement:
         start_model = warm_start(cfg, placement) if cfg.trainer.sft_steps else cfg.model_path
@@ -82,54 +106,103 @@ def _train(run: Run) -> dict[str, Any]:
     return summary
 
 
+def checkpoints_root(cfg: RunConfig) -> Path:
+    return cfg.run_dir / "checkpoints"
+
+
 def checkpoint_dir(cfg: RunConfig, step: int) -> Path:
-    return cfg.run_dir / "checkpoints" / f"step_{step:06d}"
+    return checkpoints.step_dir(checkpoints_root(cfg), step)
+
+
+def write_config(cfg: RunConfig, folder: Path) -> None:
+    """config.yaml in `folder`, written whole (a temporary file renamed over it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{identity.CONFIG}.tmp"
+    temporary.write_text(dump_config(cfg), encoding="utf-8")
+    temporary.replace(folder / identity.CONFIG)
 
 
 def save(run: Run, step: int) -> Path:
-    """Everything needed to continue after `step` GRPO steps."""
-    path = checkpoint_dir(run.cfg, step)
+    """Everything needed to continue after `step` GRPO steps, written atomically with the config
+    it was trained with; the run's config.yaml then describes it, and only the newest
+    `trainer.keep_checkpoints` are kept."""
     sampler = run.sampler_state or run.sampler.state_dict()
     gate = run.gate_state if run.gate_state is not None else run.gate.state_dict()
     extra = {"step": step, "weights_version": run.weights_version, "sampler": sampler, "gate": gate}
-    run.learner.save(str(path), extra)
-    (path / "COMPLETE").write_text("ok\n")  # written last: a checkpoint cut short is never resumed
-    log.info("checkpoint after step %d: %s", step, path)
+
+    def fill(folder: Path) -> None:
+        run.learner.save(str(folder), extra)
+        write_config(run.cfg, folder)
+        if os.environ.get(FAULT_KILL_IN_SAVE) == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    path = checkpoints.write(checkpoint_dir(run.cfg, step), fill)
+    write_config(run.cfg, run.cfg.run_dir)
+    removed = checkpoints.prune(checkpoints_root(run.cfg), run.cfg.trainer.keep_checkpoints)
+    log.info(
+        "checkpoint after step %d: %s%s", step, path, f" (removed {len(removed)} older)" if removed else ""
+    )
     return path
 
 
 def latest_checkpoint(cfg: RunConfig) -> Path | None:
-    found = sorted(p for p in (cfg.run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
+    found = checkpoints.complete(checkpoints_root(cfg))
     return found[-1] if found else None
 
 
 def resume(run: Run) -> int:
-    """Load the latest complete checkpoint, if any; the step to continue from."""
-    path = latest_checkpoint(run.cfg)
-    if path is None:
+    """Load the newest checkpoint that loads (a damaged one is named and the one before it
+    tried); the step to continue from (0 without one). Metrics rows of later steps are dropped:
+    those steps run again."""
+    found = checkpoints.complete(checkpoints_root(run.cfg))
+    extra: dict[str, Any] | None = None
+    for path in reversed(found):
+        damage = checkpoints.problems(path)
+        if damage:
+            log.warning(
+                "checkpoint %s cannot be loaded (%s): trying the one before it", path, "; ".join(damage)
+            )
+            continue
+        extra = run.learner.load(str(path))
+        log.info("resumed from %s at step %d", path, extra["step"])
+        break
+    if found and extra is None:
+        raise RuntimeError(
+            f"none of the {len(found)} checkpoints in {checkpoints_root(run.cfg)} can be loaded"
+        )
+    start = 0 if extra is None else int(extra["step"])
+    trim_metrics(run.sink.path, start)
+    run.sink.reopen()
+    if extra is None:
         return 0
-    extra = run.learner.load(str(path))
-    trim_metrics(run.sink.path, int(extra["step"]))
     run.sampler.load_state_dict(extra["sampler"])
     if extra.get("gate"):  # absent when the checkpoint was written with the gate off
         run.gate.load_state_dict(extra["gate"])
     run.weights_version = int(extra["weights_version"])
     run.rollout.update_weights(run.weights_version, run.learner.export_weights(run.weights_version))
-    log.info("resumed from %s at step %d", path, extra["step"])
-    return int(extra["step"])
+    return start
 
 
 def trim_metrics(path: Path, first_step: int) -> None:
-    """Drop metric rows of steps at or after `first_step`: a run killed after its last
-    checkpoint logged steps that the resumed run does again."""
+    """Drop metric rows of steps at or after `first_step` (a run killed after its last checkpoint
+    logged steps that the resumed run does again) and rows that cannot be read (a line torn by
+    a kill or a full disk), each named; the file is replaced whole, never rewritten in place."""
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-        if line.strip() and json.loads(line).get("step", -1) < first_step
-    ]
-    path.write_text("".join(kept), encoding="utf-8")
+    kept = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            log.warning("%s: line %d cannot be read (a torn write?): dropped", path, number)
+            continue
+        if row.get("step", -1) < first_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    temporary.replace(path)
 
 
 def load_eval_samples(cfg: RunConfig) -> list[Sample]:
@@ -141,12 +214,23 @@ def load_eval_samples(cfg: RunConfig) -> list[Sample]:
 
 def warm_start(cfg: RunConfig, placement: Placement | None = None) -> str:
     """SFT on reference answers (the papers' SFT baseline) in the learner bundles of `placement`;
-    returns the HF folder it wrote. An existing warm start in the run directory is reused (a
-    resumed run does not redo it)."""
+    returns the HF folder it wrote. A warm start in the run directory is reused when it was
+    trained with this config's model, data and SFT settings (a resumed run does not redo it),
+    and trained again otherwise; it is written atomically, with its config."""
     from vidrl.cluster.sft import run_sft
 
     folder = cfg.run_dir / "sft"
-    if not (folder / "COMPLETE").exists():
-        run_sft(cfg, folder, placement)
-        (folder / "COMPLETE").write_text("ok\n")
+    if (folder / checkpoints.COMPLETE).exists():
+        if identity.same_warm_start(identity.saved_tree(folder), cfg):
+            return str(folder / "hf")
+        log.warning(
+            "the warm start in %s was trained with another model, data or SFT settings: training it again",
+            folder,
+        )
+
+    def fill(partial: Path) -> None:
+        run_sft(cfg, partial, placement)
+        write_config(cfg, partial)
+
+    checkpoints.write(folder, fill)
     return str(folder / "hf")

@@ -60,6 +60,11 @@ class MetricsSink:
             else:
                 self._wandb = wandb.init(project=wandb_project, name=run_name, config=dict(config or {}))
 
+    def reopen(self) -> None:
+        """Append to metrics.jsonl as it is now on disk (after it was replaced, e.g. trimmed)."""
+        self._file.close()
+        self._file = self.path.open("a", encoding="utf-8")
+
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")

@@ -44,7 +44,7 @@ def run_sft(cfg: RunConfig, folder: Path, placement: Placement | None = None) ->
                 inputs.sft_group(s, p, c)
                 for s, p, c in zip(step_inputs.samples, step_inputs.prompts, step_inputs.clips, strict=True)
             ]
-            metrics = learner.train_step(groups, mode="sft")
+            metrics = learner.train_step(groups, mode="sft").metrics
             sink.log(step, {f"sft/{k}": v for k, v in metrics.items()})
         learner.save(str(folder), {"sft_steps": cfg.trainer.sft_steps})
     finally:

@@ -1,9 +1,9 @@
 """Checkpoints that resume exactly, and never load a pickle.
 
     step_000050/
-      hf/                       the model in Hugging Face format (safetensors + the model
-                                folder's config, tokenizer and processor files): loadable by
-                                transformers and vLLM
+      hf/                       the model in Hugging Face format, in the engines' dtype
+                                (safetensors + the model folder's config, tokenizer and
+                                processor files): loadable by transformers and vLLM
       adapter/                  instead of hf/ under LoRA: the adapter in PEFT's format
                                 (adapter_model.safetensors + adapter_config.json naming its base)
       state/                    model and optimizer shards, written by torch.distributed.checkpoint
@@ -20,6 +20,8 @@ entries (learning rates, betas) go to trainer_state.json instead.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from torch import nn
 
 from vidrl.learner.config import LoraSettings
 from vidrl.learner.loading import copy_model_files
+
+log = logging.getLogger(__name__)
 
 ADAPTER_FOLDER = "adapter"
 
@@ -47,6 +51,9 @@ class TrainingState:
     step: int
     model_path: str
     lora: LoraSettings | None
+    seed: int
+    hf_dtype: torch.dtype | None = None
+    """The dtype of the Hugging Face copy (the engines'; None: the master weights' own)."""
 
 
 def save_checkpoint(state: TrainingState, path: str, extra_state: dict[str, Any]) -> None:
@@ -70,6 +77,10 @@ def save_checkpoint(state: TrainingState, path: str, extra_state: dict[str, Any]
             "extra": extra_state,
         }
         (root / "trainer_state.json").write_text(json.dumps(trainer, indent=2))
+    dist.barrier()
+    # Every rank flushes what this node wrote (on a shared file system each node its own); the
+    # job fsyncs the folders, marks the checkpoint complete and renames it into place.
+    fsync_files(root)
     dist.barrier()
 
 
@@ -99,9 +110,31 @@ def load_checkpoint(state: TrainingState, path: str) -> tuple[int, dict[str, Any
     state.scheduler.load_state_dict(trainer["scheduler"])
     for group, lr in zip(state.optimizer.param_groups, trainer["lrs"], strict=True):
         group["lr"] = lr
-    rng = json.loads((root / f"rng_rank{state.rank}.json").read_text())
-    torch.set_rng_state(torch.tensor(rng, dtype=torch.uint8))
-    return int(trainer["step"]), dict(trainer["extra"])
+    step = int(trainer["step"])
+    _restore_rng(state, root, step)
+    return step, dict(trainer["extra"])
+
+
+def _restore_rng(state: TrainingState, root: Path, step: int) -> None:
+    """This rank's RNG as saved; a rank the checkpoint had not (it was saved by fewer ranks) gets
+    one derived from the seed, its rank and the step, and says so."""
+    file = root / f"rng_rank{state.rank}.json"
+    if file.exists():
+        torch.set_rng_state(torch.tensor(json.loads(file.read_text()), dtype=torch.uint8))
+        return
+    saved = len(list(root.glob("rng_rank*.json")))
+    torch.manual_seed(state.seed * 1_000_003 + state.rank * 1_009 + step)
+    log.warning(
+        "rank %d: the checkpoint was saved by %d ranks; its RNG is derived from the seed", state.rank, saved
+    )
+
+
+def fsync_files(folder: Path) -> None:
+    """fsync every file under `folder` (what a crash may otherwise leave half on disk)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
 
 
 def _tensor_state(state: TrainingState) -> dict[str, torch.Tensor]:
@@ -153,7 +186,8 @@ def _save_hf_model(state: TrainingState, folder: Path) -> None:
         if tensor.data_ptr() in seen:  # tied weights (lm_head = embeddings) are stored once
             continue
         seen.add(tensor.data_ptr())
-        tensors[name] = tensor.contiguous()
+        cast = tensor.is_floating_point() and state.hf_dtype is not None
+        tensors[name] = (tensor.to(state.hf_dtype) if cast else tensor).contiguous()
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     copy_model_files(Path(state.model_path), folder)
 

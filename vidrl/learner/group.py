@@ -15,7 +15,7 @@ from typing import Any
 
 from vidrl.learner.batch import split_into_updates, update_plans
 from vidrl.learner.config import LearnerConfig
-from vidrl.learner.types import TrainGroup, UpdatePlan, merge_rank_metrics
+from vidrl.learner.types import LearnerStep, TrainGroup, UpdatePlan, describe_skips, merge_rank_metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,11 @@ class LearnerGroup:
 
     def train_step(
         self, groups: Sequence[TrainGroup], mode: str = "grpo", max_tokens_per_microbatch: int | None = None
-    ) -> dict[str, float]:
+    ) -> LearnerStep:
         """One step over `groups`: `updates_per_step` optimizer updates on consecutive mini-batches
         of whole groups, `epochs` times (GRPO; SFT cross-entropy with mode="sft" makes one update).
+        An update with a non-finite loss or gradient is skipped by every rank and named in the
+        result's `skipped`.
 
         max_tokens_per_microbatch overrides the config's budget for this step only.
         """
@@ -86,7 +88,10 @@ class LearnerGroup:
         # compute (step_seconds): the throughput a training loop actually gets.
         metrics["wall_seconds"] = time.perf_counter() - started
         metrics["tokens_per_second"] = metrics["tokens"] / metrics["wall_seconds"]
-        return metrics
+        skipped = describe_skips([rank.skipped for rank in results])
+        for line in skipped:
+            log.warning("learner: skipped %s", line)
+        return LearnerStep(metrics, skipped)
 
     def export_weights(self, version: int) -> list[Any]:
         """Publish the full weights as buckets in the object store; ObjectRefs in order."""

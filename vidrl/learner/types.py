@@ -8,11 +8,14 @@ PackedGroup      a group as one sequence [prompt | response 1 | ... | response G
 PackedBatch      B packed groups, right-padded
 ResponseLogprobs per-token log-probs (and entropies) of one group's responses
 LossSums         a micro-batch's share of the step's loss terms
+SkippedUpdate    an update every rank skipped for a non-finite loss or gradient
 RankMetrics      one rank's share of a step; `merge_rank_metrics` adds the shares of all ranks
+LearnerStep      what a step returns: the merged metrics, and why any update was skipped
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -49,6 +52,7 @@ class TrainGroup:
     advantages:    float32 [G] (GRPO) ; for SFT, ones
     old_logprobs:  G x float32 [L_g] from the rollout engine, or None (recompute / SFT)
     vision:        the prompt's video, or None for a text-only prompt
+    sample_id:     the sample the prompt came from (named when its update is skipped)
     """
 
     prompt_ids: np.ndarray
@@ -56,6 +60,7 @@ class TrainGroup:
     advantages: np.ndarray
     old_logprobs: tuple[np.ndarray, ...] | None = None
     vision: VisionInputs | None = None
+    sample_id: str = ""
 
     @property
     def num_response_tokens(self) -> int:
@@ -202,13 +207,45 @@ def add_mismatch(a: MismatchSums | None, b: MismatchSums | None) -> MismatchSums
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedUpdate:
+    """An update every rank skipped (vidrl.learner.guard): the `update`-th of `updates` in the
+    step's `epoch`-th pass (from 1), the sample ids of this rank's groups whose loss was not
+    finite, and the global gradient norm."""
+
+    epoch: int
+    update: int
+    updates: int
+    samples: tuple[str, ...]
+    grad_norm: float
+
+
+def describe_skips(ranks: Sequence[tuple[SkippedUpdate, ...]]) -> tuple[str, ...]:
+    """One line per skipped update, from every rank's view of it: where in the step, whose loss
+    was not finite (all ranks' samples), the gradient norm."""
+    merged: dict[tuple[int, int], list[SkippedUpdate]] = {}
+    for skips in ranks:
+        for skip in skips:
+            merged.setdefault((skip.epoch, skip.update), []).append(skip)
+    lines = []
+    for (epoch, update), views in sorted(merged.items()):
+        samples = [s for view in views for s in view.samples]
+        reasons = [f"loss not finite (samples {', '.join(samples)})"] if samples else []
+        if not math.isfinite(views[0].grad_norm):
+            reasons.append(f"gradient norm {views[0].grad_norm}")
+        lines.append(f"update {update} of {views[0].updates} (pass {epoch}): {'; '.join(reasons)}")
+    return tuple(lines)
+
+
+@dataclass(frozen=True, slots=True)
 class RankMetrics:
     """One rank's share of a learner step.
 
     terms: its shares of the step's loss terms (means over the step's updates).
     mismatch: raw sums of the rollout/learner log-prob mismatch over its tokens, or None.
-    grad_norm, lr, updates: the same on every rank (grad_norm and lr: means / first of the step).
+    grad_norm, lr, updates: the same on every rank (grad_norm and lr: means / first of the step's
+        applied updates; updates: how many were applied).
     tokens, microbatches: counts on this rank. step_seconds, peak_*_bytes: this rank's own.
+    skipped: the updates every rank skipped because a loss or the gradient norm was not finite.
     """
 
     terms: LossSums
@@ -221,6 +258,16 @@ class RankMetrics:
     step_seconds: float
     peak_host_bytes: float | None
     peak_device_bytes: float | None
+    skipped: tuple[SkippedUpdate, ...] = ()
+
+
+@dataclass(frozen=True)
+class LearnerStep:
+    """A learner step's merged metrics (`merge_rank_metrics`), and one line per update that every
+    rank skipped for a non-finite loss or gradient (what, where, which samples), from all ranks."""
+
+    metrics: dict[str, float]
+    skipped: tuple[str, ...] = ()
 
 
 def merge_rank_metrics(ranks: Sequence[RankMetrics]) -> dict[str, float]:
@@ -233,6 +280,7 @@ def merge_rank_metrics(ranks: Sequence[RankMetrics]) -> dict[str, float]:
     out = {f.name: getattr(terms, f.name) for f in fields(terms)}
     first = ranks[0]
     out |= {"grad_norm": first.grad_norm, "lr": first.lr, "updates": float(first.updates)}
+    out["skipped_updates"] = float(len(first.skipped))  # every rank skips the same updates
     out["tokens"] = float(sum(r.tokens for r in ranks))
     out["microbatches"] = float(sum(r.microbatches for r in ranks))
     out["step_seconds"] = max(r.step_seconds for r in ranks)

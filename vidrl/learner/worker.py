@@ -37,6 +37,7 @@ import torch.distributed as dist
 from vidrl.learner.checkpoint import TrainingState, materialise_optimizer_state
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import config_prompt_position_ids
+from vidrl.learner.guard import NonFiniteWeights, nonfinite_update, nonfinite_weights
 from vidrl.learner.layouts import LAYOUTS, choose_layout
 from vidrl.learner.losses import grpo_microbatch, kept_mask, rollout_logprobs, sft_microbatch
 from vidrl.learner.memory import HostMalloc, PeakMemory, resident_anon_bytes
@@ -49,6 +50,7 @@ from vidrl.learner.types import (
     PackedGroup,
     RankMetrics,
     ResponseLogprobs,
+    SkippedUpdate,
     StepTotals,
     TrainGroup,
     UpdatePlan,
@@ -79,6 +81,7 @@ class LearnerWorker:
         self.model_path, self.cfg, self.seed, self.temperature = model_path, cfg, seed, temperature
         self.export_dtype = None if export_dtype is None else getattr(torch, export_dtype)
         self.step = 0
+        self._poisoned_microbatches = 0
         self.memory = PeakMemory()
         self.host_malloc = HostMalloc(cfg.host_malloc)
         self.host_malloc.apply()
@@ -187,7 +190,9 @@ class LearnerWorker:
     def train_step(self, updates: Sequence[UpdatePlan], epochs: int, mode: str) -> RankMetrics:
         """One step: `epochs` passes over `updates`, one optimizer update each. With
         `old_logprobs: recompute` the old policy is first computed by a forward pass over the
-        same micro-batches, before any update."""
+        same micro-batches, before any update. An update whose loss (on any rank) or gradient
+        norm is not finite is skipped by every rank: gradients dropped, no optimizer or
+        schedule step (vidrl.learner.guard)."""
         started = time.perf_counter()
         self.memory.reset()
         recompute = mode == "grpo" and self.cfg.old_logprobs == "recompute"
@@ -195,34 +200,58 @@ class LearnerWorker:
         old, mismatch = self._recompute_old(updates, idle) if recompute else ({}, None)
         totals = [self._kept_totals(update, old) for update in updates] if recompute else None
         self.model.train()
-        terms, norms, lrs = LossSums(), [], []
+        terms, norms, lrs, skipped = LossSums(), [], [], []
         for epoch in range(epochs):
             for index, update in enumerate(updates):
                 measure = not recompute and epoch == 0 and index == 0
                 counts = update.totals if totals is None else totals[index]
-                update_terms, measured = self._update(update, counts, mode, idle, old, measure)
+                update_terms, measured, bad = self._update(update, counts, mode, idle, old, measure)
+                norm = self._clip_gradients()
+                if nonfinite_update(bad, norm, self.device):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped.append(SkippedUpdate(epoch + 1, index + 1, len(updates), tuple(bad), norm))
+                    continue
                 terms, mismatch = terms + update_terms, add_mismatch(mismatch, measured)
-                norms.append(self._clip_gradients())
+                norms.append(norm)
                 self.optimizer.step()
                 lrs.append(self.scheduler.get_last_lr()[0])
                 self.scheduler.step()
                 self.step += 1
         self.host_malloc.after("step")
-        runs = len(updates) * epochs
+        return self._rank_metrics(updates, epochs, terms, mismatch, norms, lrs, skipped, started)
+
+    def _rank_metrics(
+        self,
+        updates: Sequence[UpdatePlan],
+        epochs: int,
+        terms: LossSums,
+        mismatch: MismatchSums | None,
+        norms: list[float],
+        lrs: list[float],
+        skipped: list[SkippedUpdate],
+        started: float,
+    ) -> RankMetrics:
+        """This rank's share of the step: means over the updates applied (none: zeros)."""
+        applied = len(norms)
         peak = self.memory.read()
+        tokens = sum(g.cost(self.cfg.shared_prefix) for u in updates for b in u.microbatches for g in b)
         return RankMetrics(
-            terms=terms.scaled(1.0 / runs),
+            terms=terms.scaled(1.0 / max(applied, 1)),
             mismatch=mismatch,
-            grad_norm=sum(norms) / runs,
-            lr=lrs[0],
-            updates=runs,
-            tokens=epochs
-            * sum(g.cost(self.cfg.shared_prefix) for u in updates for b in u.microbatches for g in b),
+            grad_norm=sum(norms) / max(applied, 1),
+            lr=lrs[0] if lrs else self.scheduler.get_last_lr()[0],
+            updates=applied,
+            tokens=epochs * tokens,
             microbatches=sum(len(u.microbatches) for u in updates),
             step_seconds=time.perf_counter() - started,
             peak_host_bytes=peak.get("peak_host_bytes"),
             peak_device_bytes=peak.get("peak_device_bytes"),
+            skipped=tuple(skipped),
         )
+
+    def inject_nonfinite_loss(self, microbatches: int) -> None:
+        """Test hook: the next `microbatches` micro-batch losses on this rank become NaN."""
+        self._poisoned_microbatches = microbatches
 
     def _update(
         self,
@@ -232,21 +261,27 @@ class LearnerWorker:
         idle: Sequence[TrainGroup],
         old: dict[int, torch.Tensor],
         measure: bool,
-    ) -> tuple[LossSums, MismatchSums | None]:
-        """Forward and backward every micro-batch of one update (gradients left for the optimizer)."""
+    ) -> tuple[LossSums, MismatchSums | None, list[str]]:
+        """Forward and backward every micro-batch of one update (gradients left for the optimizer);
+        also the sample ids of the groups whose micro-batch loss was not finite."""
         self.optimizer.zero_grad(set_to_none=True)
-        terms, mismatch = LossSums(), None
+        terms, mismatch, bad = LossSums(), None, []
         for index in range(update.num_microbatches):
             active = index < len(update.microbatches)
             groups = update.microbatches[index] if active else idle
             loss, parts, measured = self._microbatch_loss(groups, totals, mode, old, measure and active)
+            if active and self._poisoned_microbatches > 0:
+                self._poisoned_microbatches -= 1
+                loss = loss * float("nan")
+            if not bool(torch.isfinite(loss.detach())):
+                bad.extend(g.sample_id or "?" for g in groups)
             # FSDP2 averages gradients over ranks; the loss is a share of an update-wide sum.
             (loss * (self.world_size if active else 0.0)).backward()
             del loss
             self.host_malloc.after("microbatch")
             if active:
                 terms, mismatch = terms + parts, add_mismatch(mismatch, measured)
-        return terms, mismatch
+        return terms, mismatch, bad
 
     def _microbatch_loss(
         self,
@@ -383,6 +418,7 @@ class LearnerWorker:
         from vidrl.weights import pack_bucket, split_into_buckets
 
         self.memory.reset()
+        self._check_finite(f"weights version {version} is not pushed")
         refs: list[Any] = []
         adapter = self._adapter_config()
         tensors = self._full_parameters()
@@ -420,7 +456,15 @@ class LearnerWorker:
     def save(self, path: str, extra_state: dict[str, Any]) -> None:
         from vidrl.learner.checkpoint import save_checkpoint
 
+        self._check_finite(f"no checkpoint is written to {path}")
         save_checkpoint(self._training_state(), path, extra_state)
+
+    def _check_finite(self, consequence: str) -> None:
+        """Raise NonFiniteWeights on every rank when any rank's weights hold a NaN or Inf."""
+        bad = nonfinite_weights(self.model, self.device)
+        if bad:
+            names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise NonFiniteWeights(f"the policy holds non-finite values ({names}): {consequence}")
 
     def load(self, path: str) -> dict[str, Any]:
         from vidrl.learner.checkpoint import load_checkpoint
@@ -430,7 +474,15 @@ class LearnerWorker:
 
     def _training_state(self) -> TrainingState:
         return TrainingState(
-            self.rank, self.model, self.optimizer, self.scheduler, self.step, self.model_path, self.cfg.lora
+            self.rank,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.step,
+            self.model_path,
+            self.cfg.lora,
+            self.seed,
+            self.export_dtype,
         )
 
 
