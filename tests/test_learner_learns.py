@@ -18,6 +18,7 @@ from vidrl.learner.config import LearnerConfig
 from vidrl.learner.grpo import group_advantages
 from vidrl.learner.loss_config import LossConfig
 from vidrl.learner.types import TrainGroup
+from vidrl.models import family_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ray = pytest.importorskip("ray")
@@ -50,6 +51,9 @@ def sample_groups(
                 max_new_tokens=RESPONSE_TOKENS,
                 min_new_tokens=RESPONSE_TOKENS,
                 pad_token_id=0,
+                # The engine never samples the vision placeholders and the learner scores them -inf:
+                # sampled here they would make the loss non-finite, and the learner skip the update.
+                suppress_tokens=list(family_of(model.config).placeholder_token_ids(model.config)),
             )
         responses = [row[prompt_ids.shape[1] :].tolist() for row in out]
         rewards = torch.tensor([[digit_fraction(r, digit_ids) for r in responses]])

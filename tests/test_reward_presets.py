@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from reward_samples import GQA, MCQ, TVG
@@ -193,6 +193,9 @@ def test_temporal_r1_equals_reference(case: tuple, think: str, variant: int) -> 
     response = f"<answer>{body}</answer>"
     if variant != 3:
         response = f"<think>{think}</think>{response}"
+    # The exponent form rounds to 4 digits: an end rounded past the video's end is clamped by
+    # vidrl and not by the reference (a listed departure), so their IoUs need not agree there.
+    assume(variant != 4 or float(f"{e:.3e}") <= duration)
     sample = Sample("r", "tvg", "v", "q", duration=duration, timestamps=(gt,))
     ours = preset_reward("temporal_r1")([RewardInput(sample, response)])[0]
     assert ours is not None and ours.total == temporal_r1_reference(response, gt, duration)
