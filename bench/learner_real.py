@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import socket
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,6 +120,7 @@ def time_worker(
 ) -> None:
     """Build a rank, plan the step as LearnerGroup does for one rank, and time its steps."""
     from vidrl.learner.batch import update_plans
+    from vidrl.learner.process_group import Rendezvous
     from vidrl.learner.types import merge_rank_metrics
     from vidrl.learner.worker import LearnerWorker
 
@@ -126,7 +128,9 @@ def time_worker(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    worker.init_process_group("127.0.0.1", port)
+    # A group of one in this process: it meets itself through a file (vidrl.learner.process_group).
+    store = str(Path(tempfile.mkdtemp(prefix="vidrl-bench-")) / "store")
+    worker.init_process_group(Rendezvous("127.0.0.1", port, store))
     worker.build()
     (plan,) = update_plans(groups, cfg, cfg.max_tokens_per_microbatch)  # one update on one rank
 

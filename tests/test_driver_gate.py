@@ -16,6 +16,7 @@ import pytest
 from vidrl.cluster.config import load_run_config
 from vidrl.cluster.driver import collect, learner_groups, reward_metrics, rollout_metrics
 from vidrl.cluster.inputs import StepInputs
+from vidrl.cluster.quarantine import SampleFailures
 from vidrl.cluster.sampler import PromptSampler
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
@@ -97,6 +98,7 @@ def fake_run(samples: list[Sample], gate: bool, refills: int, prompts_per_step: 
         rollout=FakeRollout(),
         rewards=FakeRewards(),
         gate=build_gate(cfg.gate),
+        failures=SampleFailures(max_failures=2, window=100, max_fraction=0.5),
     )
 
 

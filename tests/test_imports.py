@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "vidrl"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"configbase", "overrides", "models", "weights"}),
+    frozenset({"configbase", "overrides", "models", "weights", "actors"}),
     frozenset({"data"}),
     frozenset({"rewards", "rollout", "learner"}),
     frozenset({"selection", "evaluation"}),

@@ -200,8 +200,8 @@ def test_a_rank_without_work_runs_the_idle_group_and_changes_nothing(
     """One group on two ranks: rank 1 has nothing to do and runs the idle group (one token, no
     video, so its vision tower runs on the dummy input in the real tower's place) at weight 0,
     through the learner's own old log-probs and the reference model too; the update is one rank's."""
+    from vidrl.learner.batch import idle_group
     from vidrl.learner.group import LearnerGroup
-    from vidrl.learner.worker import idle_group
 
     assert idle_group([0, 1, 3]).prompt_ids.tolist() == [2]  # never a vision placeholder
     updates = {}

@@ -223,3 +223,31 @@ def test_temporal_r1_list_solution_is_fractions_of_the_video(tmp_path: Path) -> 
     (tmp_path / "t.json").write_text(json.dumps([tr1("v.mp4", "a person opens a door", [0.25, 0.5], 20.0)]))
     (sample,) = load_samples(tmp_path / "t.json", DataConfig())
     assert sample.timestamps == ((5.0, 10.0),)  # 0.25 * 20, 0.5 * 20
+
+
+def test_videos_outside_their_data_folder_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    """A record's video is joined to its data folder; an absolute path or `..` that leaves the
+    folder is skipped (decoding is untrusted input), unless data.allow_paths_outside_folder."""
+    fake_video(tmp_path / "videos", "ok.mp4")
+    fake_video(tmp_path / "secret", "outside.mp4")
+    records = [
+        tr1("ok.mp4", "a", {"start_time": "1", "end_time": "2"}),
+        tr1("../secret/outside.mp4", "b", {"start_time": "1", "end_time": "2"}),
+        tr1(str(tmp_path / "secret" / "outside.mp4"), "c", {"start_time": "1", "end_time": "2"}),
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    (tmp_path / "data.yaml").write_text("datasets:\n  - json_path: train.json\n    data_folder: videos\n")
+    skips = SkipLog(max_skipped_fraction=1.0)
+    confined = load_samples(tmp_path / "data.yaml", DataConfig(), skips)
+    assert [s.question for s in confined] == ["a"] and skips.skipped == 2
+    assert (
+        "lies outside its data folder" in skips.reasons[0]
+        and "allow_paths_outside_folder" in skips.reasons[0]
+    )
+    anywhere = load_samples(tmp_path / "data.yaml", DataConfig(allow_paths_outside_folder=True))
+    assert [s.question for s in anywhere] == ["a", "b", "c"]
+    # vidrl's own sample files are confined to data.video_folder when one is given.
+    samples = write_samples(tmp_path / "own.jsonl", anywhere)
+    assert len(load_samples(samples, DataConfig())) == 3
+    inside = load_samples(samples, DataConfig(video_folder=str(tmp_path / "videos")), SkipLog(1.0))
+    assert [s.question for s in inside] == ["a"]

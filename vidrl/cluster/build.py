@@ -23,11 +23,13 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vidrl.cluster.config import RunConfig
 from vidrl.cluster.inputs import LearnerInputs
 from vidrl.cluster.metrics import MetricsSink
+from vidrl.cluster.quarantine import SampleFailures
 from vidrl.cluster.resources import Placement, layout, placed_rollout_config
 from vidrl.cluster.sampler import PromptSampler
 from vidrl.data.readers import load_samples
@@ -59,9 +61,14 @@ class Run:
     """The run's own placement group, removed at shutdown (None: the caller's, left alone)."""
     started_ray: bool = False
     weights_version: int = 0
+    restarts: int = 0
+    """Faults this run recovered from (vidrl.cluster.recovery); logged with every step."""
     gate: Gate = field(default_factory=NoGate)
+    failures: SampleFailures = field(default_factory=lambda: sample_failures(RunConfig()))
+    """Failures per sample, the quarantined ones (vidrl.cluster.quarantine)."""
     sampler_state: dict[str, Any] | None = None  # as of the last trained step (see driver.py)
     gate_state: dict[str, Any] | None = None  # likewise
+    failures_state: dict[str, Any] | None = None  # likewise
 
     def shutdown(self) -> None:
         import ray
@@ -268,9 +275,16 @@ def build_run(cfg: RunConfig, model_path: str | None = None, placement: Placemen
         learner,
         metrics_sink(cfg),
         gate=build_gate(cfg.gate),
+        failures=sample_failures(cfg, cfg.run_dir),
         placement=placement if owned else None,
         started_ray=started,
     )
+
+
+def sample_failures(cfg: RunConfig, folder: Path | None = None) -> SampleFailures:
+    """The run's failure counts and quarantine, as `data` configures them (quarantine.jsonl in `folder`)."""
+    d = cfg.data
+    return SampleFailures(d.max_sample_failures, d.failure_window_samples, d.max_failed_fraction, folder)
 
 
 def metrics_sink(cfg: RunConfig) -> MetricsSink:

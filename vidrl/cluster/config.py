@@ -89,6 +89,9 @@ class TrainerConfig(StrictConfig):
     """Weights & Biases project to log to (needs the wandb package); None: off."""
     progress_bar: bool = True
     """Show a progress bar with step, reward, step time and ETA."""
+    max_restarts: int = Field(3, ge=0)
+    """Faults (a dead, hung or unresponsive actor) the run recovers from by rebuilding its actors and
+    resuming from the last checkpoint, before it stops listing them."""
     max_consecutive_skips: int = Field(3, ge=1)
     """Updates skipped in a row for a non-finite loss or gradient before the run stops."""
 

@@ -62,6 +62,8 @@ class Round:
     scores: tuple[tuple[RewardScore | None, ...], ...]
     kept: tuple[int, ...]
     reward_failures: int
+    failed_samples: int = 0
+    """Drawn samples that produced nothing to train on (video, request or rewards failed)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Rollout:
     rounds: tuple[Round, ...]
     sampler_state: dict[str, Any]
     gate_state: dict[str, Any]
+    failures_state: dict[str, Any]
     gate_metrics: dict[str, float]
     seconds: dict[str, float]
     started: float
@@ -98,6 +101,7 @@ def collect(run: Run, step: int) -> Rollout:
         tuple(rounds),
         run.sampler.state_dict(),
         run.gate.state_dict(),
+        run.failures.state_dict(),
         run.gate.metrics(),
         timer.pop(),
         started,
@@ -112,7 +116,7 @@ def draw_round(run: Run, step: int, count: int, timer: PhaseTimer, refill_round:
     import ray
 
     with timer.phase("data"):
-        samples = run.sampler.next(count)
+        samples = run.sampler.next(count, run.failures.quarantined)
         inputs = run.inputs.step_inputs(samples, run.skips, put=ray.put)
     with timer.phase("rollout"):
         batch = run.rollout.generate(list(inputs.prompts), step, refill_round=refill_round)
@@ -120,7 +124,22 @@ def draw_round(run: Run, step: int, count: int, timer: PhaseTimer, refill_round:
         scores, failures = score_batch(run.rewards, batch, inputs.samples)
     totals = [[s.total for s in group if s is not None] for group in scores]
     kept = filter_groups(run.gate, totals)
-    return Round(count, inputs, batch, scores, tuple(kept), failures)
+    failed = failed_samples(inputs, batch, scores)
+    run.failures.observe([s.id for s in samples], failed)
+    return Round(count, inputs, batch, scores, tuple(kept), failures, len(failed))
+
+
+def failed_samples(
+    inputs: StepInputs, batch: RolloutBatch, scores: Sequence[Sequence[RewardScore | None]]
+) -> dict[str, str]:
+    """Sample id -> why it produced nothing to train on: its video, its request, or its rewards
+    (each costs that sample only; vidrl.cluster.quarantine counts them)."""
+    failed = dict(inputs.failed)
+    failed |= {s.sample_id: s.reason for s in batch.skipped}
+    for group, group_scores in zip(batch.groups, scores, strict=True):
+        if group_scores and all(score is None for score in group_scores):
+            failed[group.sample_id] = "no response could be scored (every reward call failed)"
+    return failed
 
 
 def score_batch(
@@ -204,6 +223,8 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> tuple[dict[str, float], 
         "groups/kept": float(sum(len(r.kept) for r in rollout.rounds)),
         "groups/trained": float(len(groups)),
         "groups/refill_rounds": float(len(rollout.rounds) - 1),
+        "samples/failed": float(sum(r.failed_samples for r in rollout.rounds)),
+        "samples/quarantined": float(len(rollout.failures_state.get("quarantined", {}))),
         **rollout.seconds,
         **timer.pop(),
     }, learned
@@ -307,10 +328,13 @@ def run_grpo(
             # A checkpoint after this step resumes with the prompts (and gate counts) after
             # this step's, even when the next step's prompts were already drawn (max_staleness 1).
             run.sampler_state, run.gate_state = rollout.sampler_state, rollout.gate_state
+            run.failures_state = rollout.failures_state
             metrics["time/step"] = time.perf_counter() - started
             # The part of this step's collection that ran while the step before it learned.
             metrics["time/overlap"] = max(0.0, min(rollout.finished, started) - rollout.started)
             metrics["weights_version"] = float(run.weights_version)
+            metrics["run/restarts"] = float(run.restarts)
+            metrics["time/finished_at"] = time.time()  # when the step ended (seconds since the epoch)
             if extra_metrics is not None:
                 metrics |= extra_metrics(step)
             run.sink.log(step, metrics)

@@ -1,8 +1,9 @@
 """The data stage of a step: samples -> decoded clips -> rollout prompts, and rollout groups ->
 learner groups.
 
-Each video is decoded once per step, here; the frames go to the object store once and the
-rollout workers read them from there (zero-copy). The learner needs the same frames as
+Each video is decoded once per step, in a Ray worker process (vidrl.cluster.decoding: a decoder
+crash costs that video only); the frames go to the object store once and the rollout workers
+read them from there (zero-copy). The learner needs the same frames as
 processor output (pixel patches and grid): `LearnerInputs` runs the Hugging Face processor
 once per prompt on exactly the frames the engine saw (`frame_positions`), with the engine's
 own metadata and pixel bounds, and checks that it expands the prompt to the very token ids
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vidrl.cluster.decoding import decode_apart
 from vidrl.data.prompts import PromptConfig, reference_response
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
@@ -37,12 +39,13 @@ class StepInputs:
     """The prompts of one step, with what the later phases need to pair them up again.
 
     samples[i], clips[i] and prompts[i] belong together; samples whose video could not be
-    decoded are not here (they were skipped and counted).
+    decoded are not here (they were skipped and counted): `failed` holds their ids and reasons.
     """
 
     samples: tuple[Sample, ...]
     clips: tuple[Clip, ...]
     prompts: tuple[RolloutPrompt, ...]
+    failed: tuple[tuple[str, str], ...] = ()
 
 
 class LearnerInputs:
@@ -68,24 +71,36 @@ class LearnerInputs:
         self.end_of_turn = self.tokenizer.convert_tokens_to_ids(self.family.end_of_turn)
 
     def step_inputs(self, samples: Sequence[Sample], skips: SkipLog, put: Any = None) -> StepInputs:
-        """Decode each distinct video once; `put` (e.g. ray.put) ships each clip once."""
-        decoded: dict[str, tuple[Clip, Any]] = {}
+        """Decode each distinct video once. With `put` (ray.put: a Ray run) the videos are
+        decoded in Ray worker processes (vidrl.cluster.decoding) and each clip reaches the
+        object store once; without, here."""
+        decoded = self._decode([s.video for s in samples], put)
         kept: list[tuple[Sample, Clip, RolloutPrompt]] = []
+        failed: list[tuple[str, str]] = []
         for sample in samples:
-            if sample.video not in decoded:
-                try:
-                    clip = decode_clip(sample.video, self.video)
-                except VideoError as err:
-                    skips.skip(f"{sample.video} (sample {sample.id})", err.reason, counted=True)
-                    continue
-                decoded[sample.video] = (clip, None if put is None else put(clip))
-            clip, ref = decoded[sample.video]
+            result = decoded[sample.video]
+            if isinstance(result, str):
+                skips.skip(f"{sample.video} (sample {sample.id})", result, counted=True)
+                failed.append((sample.id, f"video {sample.video}: {result}"))
+                continue
+            clip, ref = result
             kept.append((sample, clip, build_rollout_prompt(sample, clip, self.prompt, self.processor, ref)))
-        return (
-            StepInputs(*(tuple(column) for column in zip(*kept, strict=True)))
-            if kept
-            else StepInputs((), (), ())
-        )
+        columns = [tuple(column) for column in zip(*kept, strict=True)] if kept else [(), (), ()]
+        return StepInputs(*columns, failed=tuple(failed))
+
+    def _decode(self, videos: Sequence[str], put: Any) -> dict[str, tuple[Clip, Any] | str]:
+        """video -> (clip, its reference or None), or why it could not be decoded."""
+        if put is not None and self.video.decode_workers > 0:
+            return decode_apart(videos, self.video)
+        out: dict[str, tuple[Clip, Any] | str] = {}
+        for video in dict.fromkeys(videos):
+            try:
+                clip = decode_clip(video, self.video)
+            except VideoError as err:
+                out[video] = err.reason
+                continue
+            out[video] = (clip, None if put is None else put(clip))
+        return out
 
     def vision(self, text: str, clip: Clip) -> tuple[np.ndarray, VisionInputs]:
         """(prompt ids [P] with video pads expanded, processor output) for `clip` under `text`.

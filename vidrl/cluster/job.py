@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vidrl.cluster import checkpoints, identity
+from vidrl.cluster import checkpoints, identity, recovery
 from vidrl.cluster.build import Run, build_run, ray_session, reserved
 from vidrl.cluster.config import RunConfig, dump_config
 from vidrl.cluster.driver import run_grpo
@@ -61,17 +61,39 @@ def train(cfg: RunConfig, resume_anyway: bool = False) -> dict[str, Any]:
     # One placement group for the job: the warm start's learner, then the GRPO run, in it.
     with ray_session(cfg), reserved(cfg) as placement:
         start_model = warm_start(cfg, placement) if cfg.trainer.sft_steps else cfg.model_path
-        run = build_run(cfg, start_model, placement)
-        try:
-            summary = _train(run)
-        finally:
-            run.shutdown()
+        summary = _train(cfg, start_model, placement)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
-def _train(run: Run) -> dict[str, Any]:
+def _train(cfg: RunConfig, model_path: str | None, placement: Placement) -> dict[str, Any]:
+    """The GRPO run, rebuilt and resumed from its last checkpoint after each fault (a dead, hung
+    or unresponsive actor: vidrl.cluster.recovery), up to `trainer.max_restarts` times."""
+    causes: list[str] = []
+    while True:
+        run = build_run(cfg, model_path, placement)
+        run.restarts = len(causes)
+        try:
+            return _train_run(run) | {"restarts": causes}
+        except Exception as error:
+            cause = recovery.fault_of(error, run.learner)
+            if cause is None:
+                raise
+            causes.append(cause)
+            if len(causes) > cfg.trainer.max_restarts:
+                raise recovery.RunFailed(causes) from error
+            log.error(
+                "fault %d (at most %d restarts): %s; rebuilding the actors, resuming from the checkpoint",
+                len(causes),
+                cfg.trainer.max_restarts,
+                cause,
+            )
+        finally:
+            run.shutdown()
+
+
+def _train_run(run: Run) -> dict[str, Any]:
     cfg = run.cfg
     start = resume(run)
     eval_samples = load_eval_samples(cfg)
@@ -128,7 +150,9 @@ def save(run: Run, step: int) -> Path:
     `trainer.keep_checkpoints` are kept."""
     sampler = run.sampler_state or run.sampler.state_dict()
     gate = run.gate_state if run.gate_state is not None else run.gate.state_dict()
+    failures = run.failures_state or run.failures.state_dict()
     extra = {"step": step, "weights_version": run.weights_version, "sampler": sampler, "gate": gate}
+    extra["failures"] = failures
 
     def fill(folder: Path) -> None:
         run.learner.save(str(folder), extra)
@@ -178,6 +202,8 @@ def resume(run: Run) -> int:
     run.sampler.load_state_dict(extra["sampler"])
     if extra.get("gate"):  # absent when the checkpoint was written with the gate off
         run.gate.load_state_dict(extra["gate"])
+    if extra.get("failures"):  # absent in checkpoints written before quarantines
+        run.failures.load_state_dict(extra["failures"])
     run.weights_version = int(extra["weights_version"])
     run.rollout.update_weights(run.weights_version, run.learner.export_weights(run.weights_version))
     return start

@@ -7,12 +7,13 @@ no skip (test: a sampler restored from state_dict() yields what the original wou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from vidrl.data.sample import Sample
+from vidrl.data.skips import DataError
 
 
 class PromptSampler:
@@ -28,16 +29,23 @@ class PromptSampler:
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.samples))
 
-    def next(self, count: int) -> list[Sample]:
-        """The next `count` samples, crossing into the next epoch when this one runs out."""
+    def next(self, count: int, excluded: Collection[str] = ()) -> list[Sample]:
+        """The next `count` samples, crossing into the next epoch when this one runs out; those
+        whose id is in `excluded` (quarantined) are passed over."""
+        if excluded and all(s.id in excluded for s in self.samples):
+            raise DataError(
+                f"every one of the {len(self.samples)} samples is quarantined: nothing left to draw"
+            )
         drawn: list[Sample] = []
         while len(drawn) < count:
             if self.position == len(self._order):
                 self.epoch += 1
                 self.position = 0
                 self._order = self._permutation(self.epoch)
-            drawn.append(self.samples[self._order[self.position]])
+            sample = self.samples[self._order[self.position]]
             self.position += 1
+            if sample.id not in excluded:
+                drawn.append(sample)
         return drawn
 
     def state_dict(self) -> dict[str, Any]:

@@ -28,6 +28,8 @@ def run_sft(cfg: RunConfig, folder: Path, placement: Placement | None = None) ->
     runs in the learner bundles of `placement` (None: bundles reserved for the SFT alone)."""
     if cfg.model_path is None or cfg.data.train_path is None:
         raise ValueError("SFT needs model_path and data.train_path")
+    import ray
+
     if placement is None:
         with reserved(cfg, rollout=False) as own:
             return run_sft(cfg, folder, own)
@@ -39,7 +41,8 @@ def run_sft(cfg: RunConfig, folder: Path, placement: Placement | None = None) ->
     try:
         steps = range(cfg.trainer.sft_steps)
         for step in tqdm(steps, desc="sft", unit="step", disable=not cfg.trainer.progress_bar):
-            step_inputs = inputs.step_inputs(sampler.next(cfg.trainer.sft_prompts_per_step), skips)
+            samples = sampler.next(cfg.trainer.sft_prompts_per_step)
+            step_inputs = inputs.step_inputs(samples, skips, put=ray.put)  # decoded apart from the driver
             groups = [
                 inputs.sft_group(s, p, c)
                 for s, p, c in zip(step_inputs.samples, step_inputs.prompts, step_inputs.clips, strict=True)

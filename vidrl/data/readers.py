@@ -49,10 +49,35 @@ def load_samples(path: str | Path, cfg: DataConfig, skips: SkipLog | None = None
 
 
 def _read(path: Path, fmt: DataFormat, cfg: DataConfig, skips: SkipLog) -> Iterator[Sample]:
-    folder = Path(cfg.video_folder) if cfg.video_folder else path.parent
+    """The samples of one file, each video confined to its data folder (`_confined`)."""
     fmt = _detect_format(path, fmt)
+    folder = Path(cfg.video_folder) if cfg.video_folder else path.parent
+    # vidrl's own sample files name their videos as given, unless a video folder is configured.
+    confine = (
+        None if cfg.allow_paths_outside_folder or (fmt == "samples" and not cfg.video_folder) else folder
+    )
+    for sample in _read_format(path, fmt, folder, cfg, skips):
+        if confine is None or _inside(sample.video, confine):
+            yield sample
+        else:
+            skips.skip(
+                f"{path} (sample {sample.id})",
+                f"video {sample.video} lies outside its data folder {confine} "
+                "(data.allow_paths_outside_folder: true allows it)",
+                counted=True,
+            )
+
+
+def _inside(video: str, folder: Path) -> bool:
+    """Whether `video` resolves (links followed) to a path inside `folder`."""
+    return Path(video).resolve().is_relative_to(folder.resolve())
+
+
+def _read_format(
+    path: Path, fmt: DataFormat, folder: Path, cfg: DataConfig, skips: SkipLog
+) -> Iterator[Sample]:
     if fmt == "data_config":
-        yield from read_data_config(path, skips, cfg.sampling_seed)
+        yield from read_data_config(path, skips, cfg.sampling_seed, cfg.allow_paths_outside_folder)
     elif fmt == "temporal_r1":
         yield from read_temporal_r1(path, folder, skips)
     elif fmt == "charades":
@@ -201,7 +226,7 @@ def write_samples(path: str | Path, samples: list[Sample]) -> Path:
     return path
 
 
-def read_data_config(path: Path, skips: SkipLog, seed: int = 0) -> Iterator[Sample]:
+def read_data_config(path: Path, skips: SkipLog, seed: int = 0, anywhere: bool = False) -> Iterator[Sample]:
     """A Temporal-R1 data config: `datasets: [{json_path, data_folder, sampling_strategy}]`.
 
     Relative paths are taken from the YAML's folder. Strategies: `all`; `first:N`,
@@ -218,12 +243,17 @@ def read_data_config(path: Path, skips: SkipLog, seed: int = 0) -> Iterator[Samp
         json_path = path.parent / str(entry["json_path"])
         folder = path.parent / str(entry.get("data_folder", "."))
         strategy = str(entry.get("sampling_strategy", "all"))
-        samples = list(_read(json_path, "auto", _folder_config(folder), skips))
+        samples = list(_read(json_path, "auto", _folder_config(folder, anywhere), skips))
         yield from apply_strategy(samples, strategy, random.Random(f"{seed}:{index}"), where=f"{path}")
 
 
-def _folder_config(folder: Path) -> DataConfig:
-    return DataConfig(video_folder=str(folder), check_videos=False, max_skipped_fraction=1.0)
+def _folder_config(folder: Path, anywhere: bool = False) -> DataConfig:
+    return DataConfig(
+        video_folder=str(folder),
+        check_videos=False,
+        max_skipped_fraction=1.0,
+        allow_paths_outside_folder=anywhere,
+    )
 
 
 def apply_strategy(samples: list[Sample], strategy: str, rng: random.Random, where: str) -> list[Sample]:

@@ -72,6 +72,11 @@ class VideoConfig(StrictConfig):
     # FFmpeg's default of a thread per core would oversubscribe the CPUs.
     decode_threads: int = Field(1, ge=0)
     """FFmpeg decoding threads per video (0: FFmpeg decides, usually one per core)."""
+    decode_workers: int = Field(2, ge=0)
+    """Videos of a step decoded at once in Ray worker processes, apart from the driver (a decoder
+    crash costs that video only; vidrl.cluster.decoding); 0: in the calling process."""
+    decode_timeout_seconds: float = Field(300.0, gt=0)
+    """A video still decoding after this long is stopped and its samples skipped."""
     cache_dir: str | None = None
     """Folder for decoded clips (.npz), reused while the file and the sampling are unchanged."""
 
@@ -100,7 +105,9 @@ class VideoConfig(StrictConfig):
 
     def sampling_fields(self) -> dict[str, Any]:
         """The fields that change the decoded frames (the cache key is built from them)."""
-        return self.model_dump(exclude={"cache_dir", "decode_threads"})
+        return self.model_dump(
+            exclude={"cache_dir", "decode_threads", "decode_workers", "decode_timeout_seconds"}
+        )
 
 
 @dataclass(frozen=True, slots=True)

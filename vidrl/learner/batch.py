@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.types import StepTotals, TrainGroup, UpdatePlan
 
@@ -77,3 +79,15 @@ def update_plans(groups: Sequence[TrainGroup], cfg: LearnerConfig, budget: int) 
         batches.append(tuple(tuple(mine[i] for i in batch) for batch in plan))
     most = max(len(b) for b in batches)
     return [UpdatePlan(b, most, totals) for b in batches]
+
+
+def idle_group(banned_ids: Sequence[int]) -> TrainGroup:
+    """The smallest group a rank with no work left runs (at weight 0) so that every FSDP2 unit
+    still gathers and reduces with the other ranks: one text token of prompt, one of response,
+    no video (the vision tower then runs its dummy pass). The token is the lowest id the engine
+    can sample (a vision placeholder would ask for a video)."""
+    banned = set(banned_ids)
+    token = next(i for i in range(len(banned) + 1) if i not in banned)
+    ids = np.array([token], dtype=np.int64)
+    zero = np.zeros(1, dtype=np.float32)
+    return TrainGroup(prompt_ids=ids, responses=(ids,), advantages=zero, old_logprobs=(zero,))

@@ -97,6 +97,12 @@ class LearnerConfig(StrictConfig):
     """Upper bound of one weight bucket published to the object store."""
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """Attention kernel: auto = flash-attn 2 on GPUs where installed and compute is bf16, else SDPA."""
+    step_timeout_seconds: float = Field(3600.0, gt=0)
+    """A step whose ranks are not all done by then fails, naming the ranks still running."""
+    sync_timeout_seconds: float = Field(1800.0, gt=0)
+    """Likewise for building the ranks, exporting the weights, saving and loading a checkpoint."""
+    process_group_timeout_seconds: float = Field(600.0, gt=0)
+    """A collective the other ranks never join (one of them died) fails after this long."""
     host_malloc: HostMallocSettings = HostMallocSettings()
     """How freed host memory goes back to the system (vidrl.learner.memory)."""
     loss: LossConfig = LossConfig()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from vidrl.actors import gather
 from vidrl.learner.batch import split_into_updates, update_plans
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.types import LearnerStep, TrainGroup, UpdatePlan, describe_skips, merge_rank_metrics
@@ -41,6 +42,7 @@ class LearnerGroup:
         from vidrl.learner.worker import LearnerWorker
 
         self.cfg = cfg
+        self.names = [f"learner rank {rank}" for rank in range(cfg.num_ranks)]
         actor = ray.remote(LearnerWorker)
         self.workers = [
             actor.options(
@@ -50,11 +52,25 @@ class LearnerGroup:
             ).remote(rank, cfg.num_ranks, model_path, cfg, seed, max(temperature, 1e-6), export_dtype)
             for rank in range(cfg.num_ranks)
         ]
-        address, port = ray.get(self.workers[0].rendezvous_address.remote())
-        ray.get([w.init_process_group.remote(address, port) for w in self.workers])
-        self.build_memory: list[dict[str, float]] = ray.get([w.build.remote() for w in self.workers])
-        """Each rank's host memory while building: at the start, after policy, reference, optimizer."""
-        log.info("learner group ready: %d ranks, rendezvous %s:%d", cfg.num_ranks, address, port)
+        try:
+            (rendezvous,) = self._all("rendezvous", "the rendezvous", ranks=1)
+            self._all("init_process_group", "joining the process group", rendezvous)
+            self.build_memory: list[dict[str, float]] = self._all("build", "building the model")
+            """Each rank's host memory while building: at the start, after policy, reference, optimizer."""
+        except BaseException:
+            self.shutdown()
+            raise
+        log.info("learner group ready: %d ranks, rendezvous %s", cfg.num_ranks, rendezvous)
+
+    def _all(
+        self, method: str, phase: str, *args: Any, ranks: int | None = None, timeout: float | None = None
+    ) -> list[Any]:
+        """`method(*args)` on every rank (or the first `ranks`), their results in rank order; a
+        rank that fails or outlives the timeout (learner.sync_timeout_seconds) is named
+        (vidrl.actors)."""
+        workers = self.workers[: ranks or len(self.workers)]
+        refs = [getattr(w, method).remote(*args) for w in workers]
+        return gather(refs, self.names[: len(refs)], phase, timeout or self.cfg.sync_timeout_seconds)
 
     def train_step(
         self, groups: Sequence[TrainGroup], mode: str = "grpo", max_tokens_per_microbatch: int | None = None
@@ -66,7 +82,6 @@ class LearnerGroup:
 
         max_tokens_per_microbatch overrides the config's budget for this step only.
         """
-        import ray
 
         if not groups:
             raise ValueError("train_step needs at least one group")
@@ -77,12 +92,10 @@ class LearnerGroup:
         for indices in split_into_updates(groups, count):
             for rank, plan in enumerate(update_plans([groups[i] for i in indices], self.cfg, budget)):
                 per_rank[rank].append(plan)
-        results = ray.get(
-            [
-                worker.train_step.remote(plans, epochs, mode)
-                for worker, plans in zip(self.workers, per_rank, strict=True)
-            ]
-        )
+        refs = [
+            w.train_step.remote(plans, epochs, mode) for w, plans in zip(self.workers, per_rank, strict=True)
+        ]
+        results = gather(refs, self.names, "the learner step", self.cfg.step_timeout_seconds)
         metrics = merge_rank_metrics(results)
         # The driver's clock adds Ray's dispatch and the transfer of the groups to the ranks'
         # compute (step_seconds): the throughput a training loop actually gets.
@@ -95,40 +108,27 @@ class LearnerGroup:
 
     def export_weights(self, version: int) -> list[Any]:
         """Publish the full weights as buckets in the object store; ObjectRefs in order."""
-        import ray
-
-        refs = ray.get([w.export_weights.remote(version) for w in self.workers])
-        return refs[0]
+        return self._all("export_weights", f"the export of weights version {version}", version)[0]
 
     def offload(self) -> float:
         """Every rank's training state to host memory (colocated GPUs); bytes moved per rank, summed."""
-        import ray
-
-        return float(sum(ray.get([w.offload.remote() for w in self.workers])))
+        return float(sum(self._all("offload", "the offload")))
 
     def onload(self) -> float:
         """Every rank's training state back on its device; bytes moved, summed."""
-        import ray
-
-        return float(sum(ray.get([w.onload.remote() for w in self.workers])))
+        return float(sum(self._all("onload", "the onload")))
 
     def peak_memory(self) -> list[dict[str, float]]:
         """Each rank's peak memory during the last step, build or weight export."""
-        import ray
-
-        return ray.get([w.peak_memory.remote() for w in self.workers])
+        return self._all("peak_memory", "reading peak memory")
 
     def save(self, path: str, extra_state: dict[str, Any]) -> None:
         """Model (HF safetensors), optimizer, scheduler, RNG and `extra_state` (JSON-able)."""
-        import ray
-
-        ray.get([w.save.remote(path, extra_state) for w in self.workers])
+        self._all("save", f"the save to {path}", path, extra_state)
 
     def load(self, path: str) -> dict[str, Any]:
         """Restore what `save` wrote; returns its extra_state."""
-        import ray
-
-        return ray.get([w.load.remote(path) for w in self.workers])[0]
+        return self._all("load", f"the load of {path}", path)[0]
 
     def shutdown(self) -> None:
         import ray

@@ -24,16 +24,14 @@ mismatch is measured on the first update's forward, before the policy moves.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from vidrl.learner.batch import idle_group
 from vidrl.learner.checkpoint import TrainingState, materialise_optimizer_state
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import config_prompt_position_ids
@@ -44,6 +42,7 @@ from vidrl.learner.memory import HostMalloc, PeakMemory, resident_anon_bytes
 from vidrl.learner.model import build_sharded, choose_attention, compute_dtype, vision_tower_in_lockstep
 from vidrl.learner.offpolicy import MismatchSums, mismatch_sums
 from vidrl.learner.prefix import pack_group
+from vidrl.learner.process_group import Rendezvous, join, pick_rendezvous
 from vidrl.learner.schedule import lr_lambda
 from vidrl.learner.types import (
     LossSums,
@@ -89,22 +88,16 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ setup
 
-    def rendezvous_address(self) -> tuple[str, int]:
-        """This node's address and a free port for the process group (called on rank 0)."""
-        import ray
+    def rendezvous(self) -> Rendezvous:
+        """Where the ranks meet (called on rank 0; vidrl.learner.process_group)."""
+        return pick_rendezvous()
 
-        address = ray.util.get_node_ip_address()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((address, 0))
-            return address, int(sock.getsockname()[1])
-
-    def init_process_group(self, address: str, port: int) -> None:
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = address, str(port)
+    def init_process_group(self, rendezvous: Rendezvous) -> None:
         self.device = torch.device(
             "cuda" if self.cfg.gpus_per_rank > 0 and torch.cuda.is_available() else "cpu"
         )
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=self.rank, world_size=self.world_size)
+        join(rendezvous, self.rank, self.world_size, backend, self.cfg.process_group_timeout_seconds)
 
     def build(self) -> dict[str, float]:
         """Build, shard and load the policy (and the reference model when KL is used), then set
@@ -484,15 +477,3 @@ class LearnerWorker:
             self.seed,
             self.export_dtype,
         )
-
-
-def idle_group(banned_ids: Sequence[int]) -> TrainGroup:
-    """The smallest group a rank with no work left runs (at weight 0) so that every FSDP2 unit
-    still gathers and reduces with the other ranks: one text token of prompt, one of response,
-    no video (the vision tower then runs its dummy pass). The token is the lowest id the engine
-    can sample (a vision placeholder would ask for a video)."""
-    banned = set(banned_ids)
-    token = next(i for i in range(len(banned) + 1) if i not in banned)
-    ids = np.array([token], dtype=np.int64)
-    zero = np.zeros(1, dtype=np.float32)
-    return TrainGroup(prompt_ids=ids, responses=(ids,), advantages=zero, old_logprobs=(zero,))

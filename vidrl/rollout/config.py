@@ -75,6 +75,13 @@ class RolloutConfig(StrictConfig):
     checkpoint's). The learner's processor must use the same pair."""
     max_pixels_per_frame: int | None = Field(None, gt=0)
     """Largest frame area the video processor resizes to (set both or neither)."""
+    start_timeout_seconds: float = Field(900.0, gt=0)
+    """A worker whose engine has not started by then is restarted once, then the pool fails."""
+    generate_timeout_seconds: float = Field(1800.0, gt=0)
+    """A worker whose share of a generate call takes longer is taken for hung: killed, restarted
+    with the last published weights, and its share retried once."""
+    update_timeout_seconds: float = Field(600.0, gt=0)
+    """Likewise for loading a weight push."""
     on_too_long: Literal["reduce_frames", "skip"] = "reduce_frames"
     """A prompt over max_model_len: halve its frames (even counts) until it fits, or skip it."""
 

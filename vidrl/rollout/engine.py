@@ -88,6 +88,9 @@ from vidrl.weights import WeightBucket, unpack_bucket
 
 log = logging.getLogger(__name__)
 
+FAULT_FAIL_SAMPLE = "VIDRL_FAULT_FAIL_SAMPLE"
+"""Fault-injection hook for tests: the engine refuses every request of the sample with this id."""
+
 # The refusals of a prompt for its length, in vLLM 0.32: text tokens (renderer), text plus
 # visual tokens (input processor), one video's tokens over the encoder cache (input processor).
 TOO_LONG_MESSAGES = (
@@ -221,11 +224,14 @@ class RolloutEngine:
         skipped: list[SkippedPrompt] = []
         for item in items:
             params = self.sampling_params(sampling, item.seed)
-            outcome = fit_prompt(
-                item.num_frames,
-                lambda kept, item=item, params=params: self._add(item, kept, params),
-                self.cfg.on_too_long,
-            )
+            try:
+                outcome = fit_prompt(
+                    item.num_frames,
+                    lambda kept, item=item, params=params: self._add(item, kept, params),
+                    self.cfg.on_too_long,
+                )
+            except Exception as err:  # this request's input only: the prompt fails, the call goes on
+                outcome = f"the engine refused the request: {type(err).__name__}: {err}"[:500]
             if isinstance(outcome, str):
                 sample_id = item.prompt.sample_id
                 log.warning("skipping prompt %s (%s): %s", item.index, sample_id, outcome)
@@ -243,6 +249,8 @@ class RolloutEngine:
         return WorkerOutput(tuple(groups), tuple(skipped), reduced, seconds, self.weights_version)
 
     def _add(self, item: EnginePrompt, kept: np.ndarray, params: SamplingParams) -> str:
+        if os.environ.get(FAULT_FAIL_SAMPLE) == item.prompt.sample_id:
+            raise RuntimeError(f"{FAULT_FAIL_SAMPLE} refuses sample {item.prompt.sample_id}")
         request: dict[str, Any] = {"prompt": item.prompt.text}
         if item.clip is not None:
             clip = select_frames(item.clip, kept)

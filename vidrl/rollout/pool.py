@@ -13,9 +13,11 @@ mixing policies.
 keeps the last published references (which keeps those buckets in the object store) so that
 a worker restarted after a crash comes back with the current weights.
 
-Faults: a worker whose call fails (the actor died, or its engine raised) is reported with
-its index and the cause, killed, started afresh, given the last published weights, and its
-share of the call is retried once; a second failure raises `RolloutWorkerError`.
+Faults: a worker whose call fails (the actor died, or its engine raised) or does not answer
+within its deadline (`rollout.generate_timeout_seconds`, `update_timeout_seconds`: a hung or
+stopped engine) is reported with its index and the cause, killed, started afresh, given the last
+published weights, and its share of the call is retried once; a second failure raises
+`RolloutWorkerError`.
 
 Threads: one `generate` and one `update_weights` may run at once (the driver overlaps the
 rollout of step t+1 with the update of step t). Calls are submitted under a lock and Ray
@@ -32,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import GetTimeoutError, RayError
 
 from vidrl.models import family_at
 from vidrl.rollout.config import RolloutConfig
@@ -88,12 +90,18 @@ class RolloutPool:
         self._actor = ray.remote(RolloutWorker)
         # Held while calls are submitted (never while engines run): see "Threads" above.
         self._lock = threading.RLock()
+        self._timeouts = {
+            "generate": cfg.generate_timeout_seconds,
+            "weights_version": cfg.start_timeout_seconds,
+        }
+        self._start_and_load = cfg.start_timeout_seconds + cfg.update_timeout_seconds
         self._workers: list[Any] = [self._start(i) for i in range(cfg.num_workers)]
         self._published: tuple[int, list[Any]] | None = None
         for index, worker in enumerate(self._workers):  # they start in parallel; wait for all
             try:
-                ray.get(worker.weights_version.remote())
-            except RayError as err:
+                ray.get(worker.weights_version.remote(), timeout=cfg.start_timeout_seconds)
+            except (RayError, GetTimeoutError) as err:
+                self.shutdown()
                 raise RolloutWorkerError(index, _cause(err)) from err
 
     @property
@@ -195,16 +203,23 @@ class RolloutPool:
     ) -> list[Any]:
         """The results in worker order; a failed worker is restarted and retried once."""
         results: dict[int, Any] = {}
+        timeout = self._timeouts.get(method, self.cfg.update_timeout_seconds)
+        deadline = time.monotonic() + timeout
         for w, (handle, ref) in calls.items():
             try:
-                results[w] = ray.get(ref)
-            except RayError as err:
-                failures.append(WorkerFailure(w, _cause(err)))
-                log.error("rollout worker %d failed: %s; restarting it", w, failures[-1].cause)
+                results[w] = ray.get(ref, timeout=max(deadline - time.monotonic(), 0.0))
+            except (RayError, GetTimeoutError) as err:
+                cause = (
+                    f"no answer to {method} within {timeout:g} s"
+                    if isinstance(err, GetTimeoutError)
+                    else _cause(err)
+                )
+                failures.append(WorkerFailure(w, cause))
+                log.error("rollout worker %d failed: %s; restarting it", w, cause)
                 try:
                     worker = self._replace(w, handle)
-                    results[w] = ray.get(getattr(worker, method).remote(*args(w)))
-                except RayError as again:
+                    results[w] = ray.get(getattr(worker, method).remote(*args(w)), timeout=timeout)
+                except (RayError, GetTimeoutError) as again:
                     raise RolloutWorkerError(w, _cause(again)) from again
         return [results[w] for w in calls]
 
@@ -217,10 +232,10 @@ class RolloutPool:
                 worker = self._start(index)
                 try:
                     if self._published is not None:
-                        ray.get(worker.update_weights.remote(*self._published))
+                        ray.get(worker.update_weights.remote(*self._published), timeout=self._start_and_load)
                     else:
-                        ray.get(worker.weights_version.remote())  # wait for its engine
-                except RayError:
+                        ray.get(worker.weights_version.remote(), timeout=self.cfg.start_timeout_seconds)
+                except (RayError, GetTimeoutError):
                     ray.kill(worker, no_restart=True)
                     raise
                 self._workers[index] = worker
