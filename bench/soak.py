@@ -140,15 +140,17 @@ def config(model: Path, train: Path, runs: Path, name: str, args: argparse.Names
     ]
 
 
-def run_child(settings: list[str], env: dict[str, str]) -> tuple[int, float]:
-    """One `vidrl train` in its own process group: its exit status and when it ended."""
+def run_child(settings: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
+    """One `vidrl train` in its own process group, its output appended to `log`: its exit status
+    and when it ended."""
     command = [sys.executable, str(BENCH), "--child", json.dumps(settings)]
     if env.get("VIDRL_SOAK_FAULTS") == "1":
         command.append("--faults")
-    process = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    status = process.wait()
+    with log.open("a") as output:
+        process = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT
+        )
+        status = process.wait()
     ended = time.time()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # what a killed driver left of its local cluster
@@ -219,6 +221,11 @@ def print_report(result: dict[str, Any]) -> None:
     )
 
 
+def fail(why: str, log: Path) -> None:
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
+    raise SystemExit(f"{tail}\n\n{why} (the last lines of its output above)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=150)
@@ -238,19 +245,21 @@ def main() -> None:
         model, train, runs = prepare(Path(name), args.videos)
         env = dict(os.environ)
         started = time.time()
-        run_child(config(model, train, runs, "clean", args), env)
+        log = Path(name) / "soak.log"
+        status, _ = run_child(config(model, train, runs, "clean", args), env, log)
+        if status != 0:
+            fail(f"the clean run failed ({status})", log)
         clean = {"wall": time.time() - started, "run_dir": runs / "clean"}
         faulty_settings = config(model, train, runs, "faulty", args)
         started = time.time()
         faults = env | {"VIDRL_SOAK_FAULTS": "1"}
-        status, killed_at = run_child(faulty_settings, faults | {FAULT_KILL_IN_SAVE: str(args.kill_in_save)})
+        kill_in_save = faults | {FAULT_KILL_IN_SAVE: str(args.kill_in_save)}
+        status, killed_at = run_child(faulty_settings, kill_in_save, log)
         if status != -signal.SIGKILL:
-            raise SystemExit(
-                f"the faulty run ended with {status}, not killed in its step-{args.kill_in_save} save"
-            )
-        status, _ = run_child(faulty_settings, faults)
+            fail(f"the faulty run ended with {status}, not killed in its step-{args.kill_in_save} save", log)
+        status, _ = run_child(faulty_settings, faults, log)
         if status != 0:
-            raise SystemExit(f"the resumed faulty run failed ({status})")
+            fail(f"the resumed faulty run failed ({status})", log)
         faulty = {"wall": time.time() - started, "killed_at": killed_at}
         result = report(args, clean, faulty, runs / "faulty")
     print_report(result)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from vidrl.actors import ActorFailed
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.loss_config import LossConfig
 from vidrl.learner.types import TrainGroup, VisionInputs
@@ -330,9 +331,9 @@ def test_a_non_finite_loss_is_never_applied(cluster: None, model_dir: Path, grou
         # Weights that hold a NaN (however they came to) are refused by every rank, by name.
         nan = lambda w: next(iter(w.model.parameters())).data.fill_(float("nan"))  # noqa: E731
         ray.get([w.__ray_call__.remote(nan) for w in learner.workers])
-        with pytest.raises(ray.exceptions.RayTaskError, match=r"non-finite values .*not pushed"):
+        with pytest.raises(ActorFailed, match=r"version 3: .*non-finite values .*not pushed"):
             learner.export_weights(3)
-        with pytest.raises(ray.exceptions.RayTaskError, match=NonFiniteWeights.__name__):
+        with pytest.raises(ActorFailed, match=NonFiniteWeights.__name__):
             learner.save("/nonexistent/never/written", {})
     finally:
         learner.shutdown()
