@@ -4,7 +4,7 @@
 
 Two runs of `--steps` GRPO steps on the same synthetic data and tiny model, each `vidrl train`
 in a process of its own (its own local Ray cluster): a clean one, then one with these faults,
-each at its own step (`SCHEDULE`):
+each at its own share of the steps (`SCHEDULE`):
 
     rollout worker   SIGKILL                       the pool restarts it with the last weights
     learner rank     SIGKILL                       the job rebuilds every actor, resumes
@@ -39,12 +39,25 @@ from typing import Any
 
 BENCH = Path(__file__).resolve()
 EXAMPLE = BENCH.parents[1] / "examples" / "synthetic.yaml"
-SCHEDULE = {"rollout_kill": 15, "learner_kill": 35, "reward_stop": 55, "nan_loss": 75, "corrupt_video": 95}
-"""The step at which each in-run fault is injected (the driver's kill is at --kill-in-save)."""
+SCHEDULE = {
+    "rollout_kill": 0.1,
+    "learner_kill": 0.233,
+    "reward_stop": 0.367,
+    "nan_loss": 0.5,
+    "corrupt_video": 0.633,
+}
+"""When each in-run fault is injected, as a share of the run's steps (at 150 steps: 15, 35, 55, 75
+and 95); the driver is killed in the last save before 80% of the steps (`--kill-in-save`)."""
+
+
+def fault_steps(steps: int) -> dict[str, int]:
+    return {fault: round(share * steps) for fault, share in SCHEDULE.items()}
+
+
 FAULT_LOG = "soak_faults.jsonl"
 INDICATORS = {
     "rollout_kill": ("rollout/worker_restarts", "weights_update/worker_restarts"),
-    "reward_stop": ("reward/failures",),
+    "reward_stop": ("reward/failures", "samples/failed"),
     "nan_loss": ("learner/skipped_updates",),
     "corrupt_video": ("samples/failed",),
 }
@@ -75,7 +88,7 @@ def child(config: list[str], faults: bool) -> None:
         return int(ray.get(actor.__ray_call__.remote(lambda _: os.getpid())))
 
     def inject(run: Any, step: int, rollout: Any) -> Any:
-        for fault, at in SCHEDULE.items():
+        for fault, at in fault_steps(cfg.trainer.steps).items():
             if step == at and fault not in done:
                 done.add(fault)
                 _record(log_file, fault, step)
@@ -176,7 +189,20 @@ def report(
             shown = f"learner rank 1 died in the step; run/restarts {row['run/restarts']:.0f}"
         else:
             keys = INDICATORS[fault["fault"]]
-            row = next(r for r in logged if r["step"] >= fault["step"] and any(r.get(k, 0) > 0 for k in keys))
+            shown_in = (
+                r for r in logged if r["step"] >= fault["step"] and any(r.get(k, 0) > 0 for k in keys)
+            )
+            row = next(shown_in, None)
+            if row is None:
+                table.append(
+                    {
+                        "fault": fault["fault"],
+                        "step": fault["step"],
+                        "shown": "NOT SEEN in " + ", ".join(keys),
+                        "seconds_lost": None,
+                    }
+                )
+                continue
             lost = row["time/step"] - median
             shown = f"step {row['step']:.0f}: " + ", ".join(f"{k} {row.get(k, 0):.0f}" for k in keys)
         table.append(
@@ -199,8 +225,13 @@ def report(
         "steps_asked": args.steps,
         "rows_missing": sorted(set(range(args.steps)) - set(steps)),
         "rows_twice": sorted({s for s in steps if steps.count(s) > 1}),
-        "quarantined": len(quarantine.read_text().splitlines()) if quarantine.exists() else 0,
-        "skipped_at_load": json.loads((run_dir / "summary.json").read_text())["skipped_samples"],
+        "quarantined": sorted(
+            {json.loads(line)["sample"] for line in quarantine.read_text().splitlines()}
+            if quarantine.exists()
+            else set()
+        ),
+        "quarantine_lines": len(quarantine.read_text().splitlines()) if quarantine.exists() else 0,
+        "skipped_by_last_start": json.loads((run_dir / "summary.json").read_text())["skipped_samples"],
         "wall_seconds": round(faulty["wall"], 1),
         "clean_wall_seconds": round(clean["wall"], 1),
         "median_step_seconds": round(median, 2),
@@ -215,7 +246,8 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"\nsteps completed {result['steps_completed']} of {result['steps_asked']}; metric rows missing "
         f"{result['rows_missing']}, logged twice {result['rows_twice']}; samples quarantined "
-        f"{result['quarantined']}, skipped when read {result['skipped_at_load']}; wall "
+        f"{result['quarantined']} ({result['quarantine_lines']} lines in quarantine.jsonl); samples "
+        f"skipped (when read or decoded) by the last start {result['skipped_by_last_start']}; wall "
         f"{result['wall_seconds']} s against {result['clean_wall_seconds']} s clean (median step "
         f"{result['median_step_seconds']} s); load average {result['load_average']:.1f}"
     )
@@ -230,18 +262,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--checkpoint-every", type=int, default=10)
-    parser.add_argument("--kill-in-save", type=int, default=120, help="the save the driver is killed in")
+    parser.add_argument("--kill-in-save", type=int, default=None, help="the save the driver is killed in")
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--faults", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         child(json.loads(args.child), args.faults)
         return
+    if args.kill_in_save is None:
+        args.kill_in_save = int(0.8 * args.steps) // args.checkpoint_every * args.checkpoint_every
     from vidrl.cluster.job import FAULT_KILL_IN_SAVE
 
-    with tempfile.TemporaryDirectory() as name:
+    keep = contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()
+    with keep as name:
+        Path(name).mkdir(parents=True, exist_ok=True)
         model, train, runs = prepare(Path(name), args.videos)
         env = dict(os.environ)
         started = time.time()

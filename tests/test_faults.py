@@ -38,6 +38,19 @@ def test_a_sample_that_keeps_failing_is_quarantined_and_listed(tmp_path: Path) -
     assert again.quarantined == failures.quarantined and again.counts == failures.counts
 
 
+def test_a_resume_lists_only_what_its_checkpoint_quarantined(tmp_path: Path) -> None:
+    """Samples quarantined in steps after the checkpoint are taken again by the resume: listed once."""
+    failures = SampleFailures(max_failures=1, window=100, max_fraction=0.9, folder=tmp_path)
+    failures.observe(["s1"], {"s1": "video v1.mp4: unreadable"})
+    checkpoint = json.loads(json.dumps(failures.state_dict()))
+    failures.observe(["s2"], {"s2": "video v2.mp4: unreadable"})  # after the checkpoint
+    resumed = SampleFailures(max_failures=1, window=100, max_fraction=0.9, folder=tmp_path)
+    resumed.load_state_dict(checkpoint)
+    resumed.observe(["s2"], {"s2": "video v2.mp4: unreadable"})  # the same step, taken again
+    listed = [json.loads(line)["sample"] for line in (tmp_path / FILE).read_text().splitlines()]
+    assert listed == ["s1", "s2"]
+
+
 def test_a_run_whose_recent_samples_fail_too_often_stops_with_the_reasons() -> None:
     failures = SampleFailures(max_failures=99, window=4, max_fraction=0.5)
     failures.observe(["a", "b"], {"a": "video x.mp4: moov atom not found"})

@@ -76,9 +76,8 @@ class SampleFailures:
         log.warning("sample %s quarantined after %d failures: %s", sample_id, self.counts[sample_id], reason)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            entry = {"sample": sample_id, "failures": self.counts[sample_id], "last_reason": reason}
             with (self.folder / FILE).open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+                handle.write(self._entry(sample_id, reason) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +87,19 @@ class SampleFailures:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from a checkpoint's state; quarantine.jsonl is written again from it, so that
+        samples quarantined after that checkpoint (in steps the resume takes again) are not
+        listed twice."""
         self.counts = dict(state.get("counts", {}))
         self.quarantined = {k: list(v) for k, v in state.get("quarantined", {}).items()}
         self.recent = deque(state.get("recent", []))
+        if self.folder is not None and (self.folder / FILE).exists():
+            lines = [self._entry(sample_id, reasons[-1]) for sample_id, reasons in self.quarantined.items()]
+            partial = self.folder / f"{FILE}.partial"
+            partial.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+            partial.replace(self.folder / FILE)
+
+    def _entry(self, sample_id: str, reason: str) -> str:
+        return json.dumps(
+            {"sample": sample_id, "failures": self.counts.get(sample_id, 0), "last_reason": reason}
+        )
