@@ -201,6 +201,12 @@ def grpo_step(run: Run, step: int, rollout: Rollout) -> tuple[dict[str, float], 
         if colocated:
             run.learner.onload()
         learned = run.learner.train_step(groups) if groups else None
+    if not groups:  # every group failed, was filtered or was left unscored
+        log.warning(
+            "step %d: no group to train on; nothing learned or pushed, weights stay at version %d",
+            step,
+            run.weights_version,
+        )
     applied = learned is not None and learned.metrics["updates"] > 0
     update: dict[str, float] = {}
     with timer.phase("sync"):
