@@ -237,7 +237,7 @@ def section_tiny(args: argparse.Namespace, folder: Path) -> None:
             ]
             ray.get(set_threads)
             row = Row("LearnerGroup", f"{ranks} x {threads}", layout)
-            runs.append((row, functools.partial(learners[-1].train_step, groups)))
+            runs.append((row, lambda learner=learners[-1]: learner.train_step(groups).metrics))
         measure(runs, args.warmup + args.steps)
     finally:
         for learner in learners:

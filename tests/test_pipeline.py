@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from small_runs import read_metrics, short_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
@@ -70,10 +71,6 @@ def config(assets: dict[str, Path], steps: int) -> object:
 def prompts_drawn(sampler_state: dict[str, int]) -> int:
     """Prompts the sampler has handed out: whole epochs plus the position in the current one."""
     return sampler_state["epoch"] * sampler_state["num_samples"] + sampler_state["position"]
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_train_then_resume(assets: dict[str, Path]) -> None:
@@ -208,23 +205,6 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(assets: dict[str, Path
     assert prompts_drawn(state["extra"]["sampler"]) == 8  # 4 steps x 2 prompts: no replay, no skip
 
 
-def safety_overrides(assets: dict[str, Path], run_name: str, steps: int) -> list[str]:
-    return [
-        f"model_path={assets['model']}",
-        f"data.train_path={assets['train']}",
-        "data.eval_path=null",
-        f"output_dir={assets['runs']}",
-        f"run_name={run_name}",
-        f"trainer.steps={steps}",
-        "trainer.sft_steps=0",
-        "trainer.prompts_per_step=2",
-        "rollout.samples_per_prompt=2",
-        "rollout.max_response_tokens=8",
-        "trainer.checkpoint_every_steps=1",
-        "trainer.progress_bar=false",
-    ]
-
-
 def checkpoint_names(run_dir: Path) -> list[str]:
     return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
 
@@ -243,7 +223,7 @@ def test_a_save_killed_midway_costs_that_save_only(assets: dict[str, Path]) -> N
     from vidrl.cluster.identity import ConfigChanged
     from vidrl.cluster.job import FAULT_KILL_IN_SAVE, train
 
-    overrides = [*safety_overrides(assets, "killed_in_save", steps=4), "trainer.keep_checkpoints=2"]
+    overrides = [*short_run(assets, "killed_in_save", steps=4), "trainer.keep_checkpoints=2"]
     example = str(Path(__file__).parents[1] / "examples" / "synthetic.yaml")
     command = [sys.executable, "-m", "vidrl.cli", "train", example, *overrides]
     env = os.environ | {FAULT_KILL_IN_SAVE: "3"}  # after step 3's files are written, before COMPLETE
@@ -297,7 +277,7 @@ def test_updates_that_keep_going_bad_stop_the_run(
 
     monkeypatch.setattr(job, "run_grpo", poisoned)
     example = Path(__file__).parents[1] / "examples" / "synthetic.yaml"
-    cfg = load_run_config(example, safety_overrides(assets, "non_finite", steps=6))
+    cfg = load_run_config(example, short_run(assets, "non_finite", steps=6))
     with pytest.raises(NonFiniteUpdates, match=r"step 2: 3 updates in a row .*loss not finite \(samples "):
         job.train(cfg)
     rows = read_metrics(cfg.run_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from small_runs import read_metrics, short_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
 
@@ -30,25 +31,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def overrides(assets: dict[str, Path], run_name: str, steps: int) -> list[str]:
-    return [
-        f"model_path={assets['model']}",
-        f"data.train_path={assets['train']}",
-        "data.eval_path=null",
-        f"output_dir={assets['runs']}",
-        f"run_name={run_name}",
-        f"trainer.steps={steps}",
-        "trainer.sft_steps=0",
-        "trainer.prompts_per_step=2",
-        "rollout.samples_per_prompt=2",
-        "rollout.max_response_tokens=8",
-        "trainer.checkpoint_every_steps=1",
-        "trainer.progress_bar=false",
-        "trainer.tensorboard=false",
-    ]
-
-
-def rows(run_dir: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [*short_run(assets, run_name, steps), "trainer.tensorboard=false"]
 
 
 def pid_of(actor: Any) -> int:
@@ -105,7 +88,7 @@ def test_a_killed_learner_rank_and_a_stopped_rollout_worker_cost_a_restart(
     deadlines = ["rollout.generate_timeout_seconds=20", "rollout.update_timeout_seconds=20"]
     cfg = load_run_config(EXAMPLE, [*overrides(assets, "faults", steps=6), *deadlines])
     summary = job.train(cfg)
-    logged = rows(cfg.run_dir)
+    logged = read_metrics(cfg.run_dir)
     assert [r["step"] for r in logged] == [0, 1, 2, 3, 4, 5]  # every step, each once
     assert [r["run/restarts"] for r in logged] == [0, 0, 1, 1, 1, 1]
     (cause,) = summary["restarts"]
@@ -141,11 +124,11 @@ def test_a_failing_request_and_a_crashing_decoder_cost_their_samples(
     ]
     assert refused in quarantined
     assert any(s.id in quarantined for s in samples if Path(s.video).name == crashing)
-    assert all(r["weights_version"] >= 1 for r in rows(run_dir))  # the run trained on the others
+    assert all(r["weights_version"] >= 1 for r in read_metrics(run_dir))  # the run trained on the others
     resumed = train(
         load_run_config(EXAMPLE, [*settings[:-1], "data.max_sample_failures=1", "trainer.steps=14"])
     )
     assert resumed["start_step"] == 8
-    later = rows(run_dir)[8:]
+    later = read_metrics(run_dir)[8:]
     assert len(later) == 6 and all(r["samples/failed"] == 0 for r in later)  # never drawn again
     assert all(r["samples/quarantined"] == len(quarantined) for r in later)

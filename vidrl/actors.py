@@ -41,13 +41,14 @@ def gather(refs: Sequence[Any], names: Sequence[str], phase: str, timeout: float
     import ray
 
     by_ref = dict(zip(refs, names, strict=True))
+    results: dict[Any, Any] = {}
     pending, deadline = list(refs), time.monotonic() + timeout
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.0))
         if not ready:
             raise ActorTimeout([by_ref[r] for r in pending], phase, timeout)
         try:
-            ray.get(ready[0])
+            results[ready[0]] = ray.get(ready[0])
         except Exception as err:  # a dead actor or the method's own error: name the actor
             raise ActorFailed(by_ref[ready[0]], phase, err) from err
-    return ray.get(list(refs))
+    return [results[ref] for ref in refs]
