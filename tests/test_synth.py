@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from vidrl.data.sample import Sample
-from vidrl.data.synth import COLOURS, ShapeTrack, SynthResult, ask, plan_scene, synthesize
+from vidrl.data.synth import COLOURS, ShapeTrack, SynthResult, ask, plan_scene, render_frames, synthesize
 from vidrl.data.video import VideoConfig, decode_clip
 
 
@@ -210,3 +210,27 @@ def test_json_is_read_back_by_the_data_readers(synth: SynthResult) -> None:
     for split in ("train", "test"):
         read = readers.load_samples(synth.root / f"{split}.json", DataConfig())
         assert tuple(read) == synth.samples(split)
+
+
+def test_sampled_frames_are_the_same_frames_as_the_full_render() -> None:
+    scene = plan_scene(0, 3, 128, 96, 8, 4, 6)
+    every = list(render_frames(scene))
+    picked = [5, 0, 17, 17]
+    for index, frame in zip(picked, render_frames(scene, picked), strict=True):
+        assert np.array_equal(frame, every[index])
+
+
+def test_large_shapes_stay_inside_the_frame_and_movers_still_move() -> None:
+    """Radius 16-20 on a 96-pixel-high frame leaves a mover less room than MIN_MOVE_PX from some
+    starts: it then goes to the far edge, and no shape ever leaves the frame."""
+    movers = 0
+    for index in range(60):
+        scene = plan_scene(1, index, 128, 96, 8, 8, 16, radius=(16, 20))
+        for track in scene.tracks:
+            assert 16 <= track.radius <= 20
+            for _, y in (track.start_xy, track.end_xy):
+                assert track.radius <= y <= 96 - track.radius
+            if track.behaviour == "move":
+                movers += 1
+                assert abs(track.end_xy[1] - track.start_xy[1]) >= 10
+    assert movers >= 10

@@ -26,7 +26,7 @@ by the video length; the string form here is the one vidrl's reader and rewards 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +49,8 @@ GRID_S = 0.5
 """Interval ends lie on this grid (seconds): whole frames at any fps that divides by 2."""
 MIN_MOVE_PX = 30
 """A mover travels at least this far, so its motion is plain even at 2 sampled fps."""
+SHAPE_RADIUS = (9, 12)
+"""Shape radius range in pixels (closed) unless a caller asks for another."""
 
 _EVENT_PHRASES: Mapping[str, tuple[str, ...]] = {
     "appear": ("the {colour} {shape} is visible", "the {colour} {shape} is on screen"),
@@ -147,8 +149,10 @@ def synthesize(
     min_seconds: int = 8,
     max_seconds: int = 16,
     test_fraction: float = 0.25,
+    shape_radius: tuple[int, int] = SHAPE_RADIUS,
 ) -> SynthResult:
-    """Render `num_videos` videos and write their questions; see the module docstring."""
+    """Render `num_videos` videos and write their questions; see the module docstring.
+    `shape_radius`: the closed range of shape radii in pixels."""
     if num_videos < 1 or not 4 <= min_seconds <= max_seconds or not 0 <= test_fraction < 1:
         raise ValueError("need num_videos >= 1, 4 <= min_seconds <= max_seconds, 0 <= test_fraction < 1")
     if fps % 2 or width < 64 or height < 64:
@@ -156,7 +160,8 @@ def synthesize(
     root = Path(out_dir).resolve()
     (root / "videos").mkdir(parents=True, exist_ok=True)
     scenes = tuple(
-        plan_scene(seed, i, width, height, fps, min_seconds, max_seconds) for i in range(num_videos)
+        plan_scene(seed, i, width, height, fps, min_seconds, max_seconds, shape_radius)
+        for i in range(num_videos)
     )
     num_train = num_videos - _num_test(num_videos, test_fraction)
     annotations = {
@@ -197,9 +202,17 @@ def _write_split(root: Path, split: str, scenes: tuple[Scene, ...], seed: int) -
 
 
 def plan_scene(
-    seed: int, index: int, width: int, height: int, fps: int, min_seconds: int, max_seconds: int
+    seed: int,
+    index: int,
+    width: int,
+    height: int,
+    fps: int,
+    min_seconds: int,
+    max_seconds: int,
+    radius: tuple[int, int] = SHAPE_RADIUS,
 ) -> Scene:
-    """The random plan of video `index`: duration, background, and 2-3 shape tracks."""
+    """The random plan of video `index`: duration, background, and 2-3 shape tracks whose
+    radius (pixels) is drawn from the closed range `radius`."""
     rng = np.random.default_rng([seed, index])
     duration = float(rng.integers(min_seconds, max_seconds + 1))
     count = int(rng.integers(2, 4))
@@ -209,10 +222,10 @@ def plan_scene(
     behaviours = _behaviours(rng, count)
     tracks = []
     for i, behaviour in enumerate(behaviours):
-        radius = int(rng.integers(9, 13))
+        size = int(rng.integers(radius[0], radius[1] + 1))
         x = width * (slots[i] + 0.5) / count
-        y0 = float(rng.uniform(radius + 2, height - radius - 2))
-        end_xy = (x, _move_target(rng, y0, radius, height)) if behaviour == "move" else (x, y0)
+        y0 = float(rng.uniform(size + 2, height - size - 2))
+        end_xy = (x, _move_target(rng, y0, size, height)) if behaviour == "move" else (x, y0)
         tracks.append(
             ShapeTrack(
                 shape=shapes[i],
@@ -221,7 +234,7 @@ def plan_scene(
                 interval=(0.0, 0.0) if behaviour == "static" else _interval(rng, duration),
                 start_xy=(x, y0),
                 end_xy=end_xy,
-                radius=radius,
+                radius=size,
                 # colours[count] is unused by every shape, so a recoloured shape stays unique.
                 alt_colour=colours[count] if behaviour == "recolour" else None,
             )
@@ -264,9 +277,10 @@ def _interval(rng: np.random.Generator, duration: float) -> tuple[float, float]:
 
 def _move_target(rng: np.random.Generator, y0: float, radius: int, height: int) -> float:
     low, high = radius + 2, height - radius - 2
+    # Large shapes leave less room: the far edge then, even if short of MIN_MOVE_PX.
     if y0 < height / 2:
-        return float(rng.uniform(y0 + MIN_MOVE_PX, high))
-    return float(rng.uniform(low, y0 - MIN_MOVE_PX))
+        return float(rng.uniform(min(y0 + MIN_MOVE_PX, high), high))
+    return float(rng.uniform(low, max(y0 - MIN_MOVE_PX, low)))
 
 
 def ask(scene: Scene, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -363,24 +377,25 @@ def _write_data_config(path: Path, json_name: str) -> None:
     path.write_text(yaml.safe_dump({"datasets": [entry]}, sort_keys=False), encoding="utf-8")
 
 
-def render_frames(scene: Scene) -> Iterator[np.ndarray]:
-    """uint8 [H, W, 3] RGB frames of `scene`, frame i showing time i / fps."""
+def render_frames(scene: Scene, indices: Iterable[int] | None = None) -> Iterator[np.ndarray]:
+    """uint8 [H, W, 3] RGB frames of `scene`, frame i showing time i / fps: every frame, or the
+    frames at `indices` (a caller that samples a few frames need not draw the others)."""
     noise_rng = np.random.default_rng(scene.noise_seed)
     shape = (scene.height, scene.width)
     grain = noise_rng.integers(-scene.noise, scene.noise + 1, size=shape) if scene.noise else 0
     grey = np.clip(scene.background + grain, 0, 255).astype(np.uint8)
     background = np.repeat(np.broadcast_to(grey, shape)[..., None], 3, axis=2)
     ys, xs = np.mgrid[0 : scene.height, 0 : scene.width]
-    for i in range(scene.num_frames):
+    for i in range(scene.num_frames) if indices is None else indices:
         frame = background.copy()
         for track in scene.tracks:
-            visible, (x, y), colour = track.state(i / scene.fps)
+            visible, (x, y), colour = track.state(int(i) / scene.fps)
             if visible:
-                frame[_mask(track.shape, xs - x, ys - y, track.radius)] = COLOURS[colour]
+                frame[shape_mask(track.shape, xs - x, ys - y, track.radius)] = COLOURS[colour]
         yield frame
 
 
-def _mask(shape: str, dx: np.ndarray, dy: np.ndarray, radius: int) -> np.ndarray:
+def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, radius: int) -> np.ndarray:
     """bool [H, W]: pixels inside `shape` centred at offset (0, 0)."""
     if shape == "circle":
         return dx**2 + dy**2 <= radius**2

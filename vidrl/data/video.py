@@ -294,7 +294,7 @@ def _decode_resized(reader: Any, indices: np.ndarray, cfg: VideoConfig) -> np.nd
         if out is None:
             h, w = frame_size(chunk.shape[1], chunk.shape[2], len(indices), cfg)
             out = np.empty((len(indices), h, w, 3), dtype=np.uint8)
-        out[start : start + len(chunk)] = _resize(chunk, out.shape[1], out.shape[2])
+        out[start : start + len(chunk)] = resize_frames(chunk, out.shape[1], out.shape[2])
     assert out is not None  # indices is never empty
     return out
 
@@ -305,7 +305,8 @@ def _as_numpy(batch: Any) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
-def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] frames resized to height x width (bicubic), as decoding resizes them."""
     if frames.shape[1:3] == (height, width):
         return frames
     resized = [
