@@ -41,7 +41,7 @@ from vidrl.data.perception import (
 )
 from vidrl.data.prompts import PromptConfig, render_prompt
 from vidrl.data.sample import Sample
-from vidrl.data.synth import COLOURS, plan_scene
+from vidrl.data.synth import COLOURS, Scene, plan_scene, synthesize
 from vidrl.data.tiny import TinyQwenShape, build_tiny_model
 from vidrl.data.video import Clip, VideoConfig, decode_clip
 
@@ -207,8 +207,6 @@ with the pretraining's shape sizes."""
 
 def held_out_data(folder: Path, cfg: PretrainConfig, seed: int = 0) -> Path:
     """Synthesize the dataset whose test split measures the model; its folder."""
-    from vidrl.data.synth import synthesize
-
     return synthesize(
         folder,
         num_videos=HELD_OUT_VIDEOS,
@@ -281,12 +279,17 @@ def _scenes(cfg: PretrainConfig, batcher: Batcher, rng: np.random.Generator):
     index = 0
     cell = batcher.inputs.video.pixel_multiple or 28
     while True:
-        scene = plan_scene(PRETRAIN_SCENE_SEED + cfg.seed, index, 128, 96, 8, 8, 16, cfg.shape_radius)
+        scene = _scene(PRETRAIN_SCENE_SEED + cfg.seed, index, cfg.shape_radius)
         index += 1
         clip = scene_clip(scene, batcher.inputs.video)
         targets = token_targets(scene, clip, cell)
         for question in perception_questions(scene, batcher.inputs.processor, rng):
             yield (question.prompt, clip, question.answer), targets
+
+
+def _scene(seed: int, index: int, radius: tuple[int, int]) -> Scene:
+    """Scene `index` of `seed` at the synthetic dataset's default size: 128 x 96, 8 fps, 8-16 s."""
+    return plan_scene(seed, index, 128, 96, 8, 8, 16, radius)
 
 
 def _schedule(step: int, cfg: PretrainConfig) -> float:
@@ -327,17 +330,15 @@ def held_out_scores(
     correct: dict[str, list[bool]] = {}
     for start in range(0, len(samples), 16):
         chunk = samples[start : start + 16]
-        items = []
-        for sample in chunk:
-            clip = clips[sample.video]
-            items.append(
-                (
-                    render_prompt(sample, prompt_cfg, batcher.inputs.processor),
-                    frames(clip) if frames else clip,
-                    None,
-                )
+        items = [
+            (
+                render_prompt(sample, prompt_cfg, batcher.inputs.processor),
+                _broken(clips[sample.video], frames),
             )
-        for sample, letter in zip(chunk, _letters(model, batcher, items, len(chunk[0].options)), strict=True):
+            for sample in chunk
+        ]
+        letters = [[chr(ord("A") + i) for i in range(len(sample.options))] for sample in chunk]
+        for sample, letter in zip(chunk, _choices(model, batcher, items, letters), strict=True):
             kind = "mcq_colour" if sample.question.startswith("What colour") else "mcq_mover"
             correct.setdefault(kind, []).append(letter == sample.answer)
     everything = [ok for oks in correct.values() for ok in oks]
@@ -349,18 +350,22 @@ def held_out_scores(
     }
 
 
-def _letters(model: Any, batcher: Batcher, items: list[tuple[str, Clip, None]], options: int) -> list[str]:
-    """The option letter each prompt's answer most likely starts with."""
+def _choices(
+    model: Any, batcher: Batcher, items: Sequence[tuple[str, Clip]], words: Sequence[Sequence[str]]
+) -> list[str]:
+    """For each (prompt, clip), the one of its `words` whose first token the model finds most
+    likely right after `<answer>`."""
     import torch
 
-    letters = [chr(ord("A") + i) for i in range(options)]
-    letter_ids = [batcher.ids(letter)[0] for letter in letters]
-    batch = batcher.encode(items)
+    batch = batcher.encode([(prompt, clip, None) for prompt, clip in items])
     with torch.no_grad():
         logits = model(**batch.model_inputs).logits
     last = batch.model_inputs["attention_mask"].sum(1) - 1
-    scores = logits[torch.arange(len(items)), last][:, letter_ids]
-    return [letters[int(i)] for i in scores.argmax(1)]
+    chosen = []
+    for row, candidates in enumerate(words):
+        firsts = [batcher.ids(word)[0] for word in candidates]
+        chosen.append(candidates[int(logits[row, last[row], firsts].argmax())])
+    return chosen
 
 
 def _test_samples(data_root: Path) -> list[Sample]:
@@ -382,16 +387,15 @@ or the most frequent answer's share)."""
 
 
 def _open_questions(
-    batcher: Batcher, videos: int, seed: int, radius: tuple[int, int]
-) -> list[tuple[PerceptionQuestion, Clip]]:
+    videos: int, seed: int, radius: tuple[int, int], templater: Any
+) -> list[tuple[PerceptionQuestion, Scene]]:
     rng = np.random.default_rng([seed, 1])
     questions = []
     for index in range(videos):
-        scene = plan_scene(seed, index, 128, 96, 8, 8, 16, radius)
-        clip = scene_clip(scene, batcher.inputs.video)
-        for question in perception_questions(scene, batcher.inputs.processor, rng):
+        scene = _scene(seed, index, radius)
+        for question in perception_questions(scene, templater, rng):
             if question.kind in OPEN_ANSWERS:
-                questions.append((question, clip))
+                questions.append((question, scene))
     return questions
 
 
@@ -399,7 +403,7 @@ def blind_levels(batcher: Batcher, videos: int, seed: int, radius: tuple[int, in
     """Per open question kind, the share of its most frequent answer on these scenes: the best a
     model that ignores the frames can score."""
     answers: dict[str, list[str]] = {}
-    for question, _ in _open_questions(batcher, videos, seed, radius):
+    for question, _ in _open_questions(videos, seed, radius, batcher.inputs.processor):
         answers.setdefault(question.kind, []).append(question.answer)
     return {kind: max(got.count(a) for a in set(got)) / len(got) for kind, got in sorted(answers.items())}
 
@@ -419,21 +423,17 @@ def open_question_scores(
 ) -> dict[str, float]:
     """Accuracy of the open questions on `videos` scenes planned from `seed` (rendered, not
     encoded): the answer word whose first token the model finds most likely after `<answer>`."""
-    import torch
-
-    questions = [
-        (q, frames(clip) if frames else clip) for q, clip in _open_questions(batcher, videos, seed, radius)
-    ]
+    questions = _open_questions(videos, seed, radius, batcher.inputs.processor)
+    clips = {scene.index: _broken(scene_clip(scene, batcher.inputs.video), frames) for _, scene in questions}
     correct: dict[str, list[bool]] = {}
     for start in range(0, len(questions), 16):
         chunk = questions[start : start + 16]
-        batch = batcher.encode([(q.prompt, clip, None) for q, clip in chunk])
-        with torch.no_grad():
-            logits = model(**batch.model_inputs).logits
-        last = batch.model_inputs["attention_mask"].sum(1) - 1
-        for row, (question, _) in enumerate(chunk):
-            words = OPEN_ANSWERS[question.kind]
-            firsts = [batcher.ids(word)[0] for word in words]
-            chosen = words[int(logits[row, last[row], firsts].argmax())]
+        items = [(q.prompt, clips[scene.index]) for q, scene in chunk]
+        words = [OPEN_ANSWERS[q.kind] for q, _ in chunk]
+        for (question, _), chosen in zip(chunk, _choices(model, batcher, items, words), strict=True):
             correct.setdefault(question.kind, []).append(chosen == question.answer)
     return {kind: round(float(np.mean(oks)), 4) for kind, oks in sorted(correct.items())}
+
+
+def _broken(clip: Clip, frames: FrameTransform | None) -> Clip:
+    return frames(clip) if frames else clip
