@@ -15,7 +15,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast lint format install bench-deps clean
+.PHONY: demo test test-fast lint format install bench-deps docker-demo clean
 
 install: $(STAMP)
 
@@ -54,6 +54,11 @@ test-fast: $(STAMP)
 # Benchmark-only peers (TRL for bench/e2e.py), pinned, on top of the lock without resolution.
 bench-deps: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements/bench.txt
+
+# The docker compose path for real, on CPU: image, compose up, the demo, a job sent from the
+# host, compose down. Needs a Docker daemon (see scripts/docker_demo.sh); not part of `make test`.
+docker-demo: $(STAMP)
+	scripts/docker_demo.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

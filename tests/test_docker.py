@@ -1,6 +1,7 @@
 """docker/ checked without a Docker engine: `docker-compose config` must accept the compose
 file (and say what it resolves to), hadolint must find nothing in the Dockerfile, and the
-image must install the versions the CPU test stack runs.
+image must install the versions the CPU test stack runs. The compose project itself is built
+and run by scripts/docker_demo.sh (`make docker-demo`), outside `make test`.
 
 Both tools live in their own virtual environment (.venv/tools, made by
 scripts/install_tools.sh): docker-compose 1.29.2 needs PyYAML < 6, the project pins 6.
@@ -26,6 +27,9 @@ DOCKERFILE = REPO / "docker" / "Dockerfile"
 LOCK = REPO / "requirements" / "lock.txt"
 COMPOSE_VARIABLES = ("VIDRL_", "RAY_", "COMPOSE_", "DOCKER_")
 """Prefixes of the host variables the compose file (or docker-compose itself) reads."""
+TOKEN = "0123abcd"
+"""RAY_AUTH_TOKEN for the checks that are not about it (compose refuses to run without one)."""
+DEMO_SCRIPT = REPO / "scripts" / "docker_demo.sh"
 
 needs_tools = pytest.mark.skipif(
     not (COMPOSE.is_file() and HADOLINT.is_file()),
@@ -33,10 +37,10 @@ needs_tools = pytest.mark.skipif(
 )
 
 
-def compose_config(**env: str) -> dict[str, Any]:
+def run_compose_config(**env: str) -> subprocess.CompletedProcess[str]:
     """`docker-compose config` with only `env` among the compose variables set."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(COMPOSE_VARIABLES)}
-    result = subprocess.run(
+    return subprocess.run(
         [str(COMPOSE), "-f", str(COMPOSE_FILE), "config"],
         cwd=REPO,
         env={**clean, **env},
@@ -45,6 +49,11 @@ def compose_config(**env: str) -> dict[str, Any]:
         timeout=60,
         check=False,
     )
+
+
+def compose_config(**env: str) -> dict[str, Any]:
+    """What the compose file resolves to with `env` (and a token) set."""
+    result = run_compose_config(**{"RAY_AUTH_TOKEN": TOKEN, **env})
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -89,10 +98,72 @@ def test_only_the_dashboard_is_published_and_only_on_loopback(
     default_config: dict[str, Any],
 ) -> None:
     services = default_config["services"]
-    assert set(services) == {"ray-head", "trainer"}
-    assert services["ray-head"]["ports"] == ["127.0.0.1:8265:8265/tcp"]
-    assert "ports" not in services["trainer"]
-    assert "--dashboard-host=0.0.0.0" in services["ray-head"]["command"]  # inside the network
+    assert set(services) == {"ray-head", "trainer", "ray-head-cpu", "trainer-cpu"}
+    for head, trainer in (("ray-head", "trainer"), ("ray-head-cpu", "trainer-cpu")):
+        assert services[head]["ports"] == ["127.0.0.1:8265:8265/tcp"]
+        assert "ports" not in services[trainer]
+        assert "--dashboard-host=0.0.0.0" in services[head]["command"]  # inside the network
+        # Both heads answer to ray-head, where the trainers (and the healthcheck) look.
+        assert services[head]["networks"] == {"default": {"aliases": ["ray-head"]}}
+
+
+@needs_tools
+def test_each_profile_runs_one_head_and_one_trainer(default_config: dict[str, Any]) -> None:
+    services = default_config["services"]
+    profiles = {name: service["profiles"] for name, service in services.items()}
+    gpu, cpu = ["gpu"], ["cpu"]
+    assert profiles == {"ray-head": gpu, "trainer": gpu, "ray-head-cpu": cpu, "trainer-cpu": cpu}
+    for name in ("ray-head-cpu", "trainer-cpu"):
+        assert services[name]["image"] == "vidrl:cpu"
+        assert services[name]["build"]["args"]["VARIANT"] == "cpu"
+    for name in ("ray-head", "trainer"):
+        assert services[name]["image"] == "vidrl:gpu"
+        assert "VARIANT" not in services[name]["build"]["args"]  # the Dockerfile's default: gpu
+    assert dockerfile_args()["VARIANT"] == "gpu"
+
+
+@needs_tools
+def test_token_authentication_is_on_and_the_token_required() -> None:
+    for service in compose_config()["services"].values():
+        assert service["environment"]["RAY_AUTH_MODE"] == "token"
+        assert service["environment"]["RAY_AUTH_TOKEN"] == TOKEN
+    missing = run_compose_config()
+    assert missing.returncode != 0
+    assert "RAY_AUTH_TOKEN is empty: run export RAY_AUTH_TOKEN=$(scripts/ray_auth_token.sh)" in missing.stderr
+
+
+def test_the_token_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    path = tmp_path / "ray" / "auth_token"
+
+    def token() -> str:
+        env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(path)}
+        script = REPO / "scripts" / "ray_auth_token.sh"
+        made = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=10, check=True)
+        return made.stdout
+
+    first = token()
+    assert re.fullmatch(r"[0-9a-f]{64}", first)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert token() == first
+
+
+@needs_tools
+def test_cpu_trainer_runs_the_demo_and_stays_up_for_jobs(default_config: dict[str, Any]) -> None:
+    trainer = default_config["services"]["trainer-cpu"]
+    script = trainer["command"][-1].replace("$$", "$")  # compose's escape for a literal $
+    assert script.startswith("ray start --address=ray-head:6379 &&")
+    assert "vidrl demo --out /runs/docker-demo;" in script
+    assert script.endswith("exec sleep infinity")
+    assert subprocess.run(["bash", "-n", "-c", script], timeout=10, check=False).returncode == 0
+    assert trainer["environment"]["RAY_ADDRESS"] == "ray-head:6379"
+    assert trainer["depends_on"] == {"ray-head-cpu": {"condition": "service_healthy"}}
+    assert "deploy" not in trainer
+    # The line the trainer prints after the demo is the one scripts/docker_demo.sh waits for.
+    echoed = re.search(r'echo "(vidrl demo exited with status) \$\?"', script)
+    assert echoed is not None
+    assert f"s/^{echoed.group(1)} \\([0-9]*\\)$/" in DEMO_SCRIPT.read_text(encoding="utf-8")
+    moved = compose_config(VIDRL_DEMO_NAME="other")["services"]["trainer-cpu"]
+    assert "vidrl demo --out /runs/other;" in moved["command"][-1]
 
 
 @needs_tools
@@ -107,6 +178,7 @@ def test_trainer_joins_the_head_with_the_gpus(default_config: dict[str, Any]) ->
     assert subprocess.run(["bash", "-n", "-c", script], timeout=10, check=False).returncode == 0
     assert trainer["environment"]["RAY_ADDRESS"] == "ray-head:6379"
     assert trainer["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    assert trainer["profiles"] == ["gpu"]
     devices = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     # The head schedules nothing: every actor goes to the trainer's GPUs.
@@ -189,5 +261,21 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
     allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     dockerfile = DOCKERFILE.read_text(encoding="utf-8")
     copies = re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", dockerfile, re.MULTILINE)
-    sources = {src.rstrip("/") for line in copies for src in line.split()}
+    mounts = re.findall(r"--mount=type=bind,source=([^,\s]+)", dockerfile)
+    sources = {src.rstrip("/") for line in copies for src in line.split()} | set(mounts)
     assert sources == allowed
+
+
+def test_cpu_image_installs_as_the_makefile_does() -> None:
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    cpu_stage = dockerfile[dockerfile.index(" AS cpu-env") : dockerfile.index(" AS runtime")]
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    torch_pin = re.search(r"torch==[0-9.]+", makefile)
+    assert torch_pin is not None and torch_pin.group(0) in cpu_stage
+    assert "--no-deps -r requirements/lock.txt" in cpu_stage
+    assert "python scripts/fix_torchvision.py" in cpu_stage
+    # Nothing is fetched while building: every pip install reads the downloaded wheels only.
+    installs = re.findall(r"pip install [^\n]*", cpu_stage)
+    assert len(installs) == 3 and all("--no-index --find-links /wheels" in line for line in installs)
+    assert dockerfile_args()["CPU_BASE_IMAGE"] == "debian:bookworm-slim"
+    assert "debian:bookworm-slim" in (REPO / "scripts" / "docker_base_image.sh").read_text(encoding="utf-8")
