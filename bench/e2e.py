@@ -13,7 +13,8 @@ Prints markdown tables (and writes them as JSON to --out):
    reward pool, advantages, the FSDP2 learner group, the weight push. TRL runs GRPOTrainer
    (bench/e2e_trl.py). Same model folder, same prompt tokens, samples, response length (forced:
    see `never_stop`), temperature, learning rate, weight decay, clipping, KL coefficient,
-   token-mean loss, fp32 everywhere, no gradient checkpointing, TRL without vLLM, and the same
+   token-mean loss, the same compute dtype (`--dtype`: fp32 by default, or bf16 compute over
+   fp32 master weights on both sides), no gradient checkpointing, TRL without vLLM, and the same
    digit-counting reward, which costs nothing. The two take their steps in turn (one vidrl step
    runs after each TRL step, outside TRL's clock), so both see the same load on the shared cores.
 2. Scaling of vidrl's step with samples per prompt (4, 8, 16) and frames per video (4, 8, 16), on
@@ -73,6 +74,7 @@ def shapes(args: argparse.Namespace) -> list[Shape]:
     from e2e_trl import Recipe
 
     common = {"lr": args.lr, "kl_coef": args.kl_coef, "samples": 8, "warmup": args.warmup}
+    common["dtype"] = args.dtype
     full = VidrlLayout(learner_ranks=2, rollout_cpus=2, microbatch_tokens=4096)
     return [
         Shape(
@@ -165,6 +167,7 @@ def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         "shape": shape.name,
         "parameters": result["parameters"],
         "completions_per_step": completions,
+        "dtype": recipe.dtype,
         "load_average": statistics.fmean(result["loads"][skip:]),
     }
     micro = recipe.trl_microbatch
@@ -330,6 +333,13 @@ def parse_args() -> argparse.Namespace:
     add("--lr", type=float, default=1e-6, help="learning rate of both systems")
     add("--kl-coef", type=float, default=1e-2, help="KL coefficient of both systems")
     add("--skip-scaling", action="store_true", help="leave out the scaling runs")
+    add(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype of both systems in the comparison (bfloat16: float32 masters, bf16 compute; "
+        "worth it only on a CPU with bf16 hardware, e.g. AMX)",
+    )
     add(
         "--trl-settings",
         default="default,best",

@@ -41,6 +41,9 @@ class Recipe:
     """Steps left out of the means (first-call allocations, caches)."""
     steps: int
     """Measured steps."""
+    dtype: str = "float32"
+    """Compute dtype of both systems: "float32", or "bfloat16" (float32 master weights, bf16
+    compute: TRL's `bf16=True` autocast, vidrl's `learner.param_dtype` and a bf16 engine)."""
 
 
 @dataclass
@@ -121,7 +124,7 @@ def run_trl(
         loss_type="dapo",  # token-mean over the whole step: vidrl's loss_agg "token-mean"
         scale_rewards="group",
         num_iterations=1,
-        bf16=False,
+        bf16=recipe.dtype == "bfloat16",
         gradient_checkpointing=False,
         use_cpu=True,
         use_vllm=False,

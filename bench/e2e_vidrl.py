@@ -113,7 +113,7 @@ class VidrlSteps:
                 samples_per_prompt=recipe.samples,
                 max_response_tokens=recipe.response_tokens,
                 max_model_len=4096,
-                dtype="float32",
+                dtype=recipe.dtype,
                 kv_cache_bytes=512 << 20,
                 lora_rank=layout.lora_rank,
             ),
@@ -128,6 +128,7 @@ class VidrlSteps:
             num_ranks=layout.learner_ranks,
             cpus_per_rank=0.5,
             lr=recipe.lr,
+            param_dtype=recipe.dtype,
             max_tokens_per_microbatch=layout.microbatch_tokens,
             loss=self.loss,
             lora=None
