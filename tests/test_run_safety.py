@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import save_file
 
 from vidrl.cluster import checkpoints, identity
@@ -107,6 +108,54 @@ def test_the_warm_start_is_reused_only_for_its_own_model_and_data(tmp_path: Path
         saved, load_run_config(None, ["model_path=/models/b", "trainer.sft_steps=10"])
     )
     assert not identity.same_warm_start(None, cfg)
+
+
+def model_folder(folder: Path, value: float) -> Path:
+    """A model folder as vidrl reads it: config.json and one weight file."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    save_file({"model.w": torch.full((4,), value)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_a_rerun_on_another_model_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    model = model_folder(tmp_path / "model", 1.0)
+    cfg = load_run_config(None, [f"output_dir={tmp_path}", f"model_path={model}", "trainer.sft_steps=10"])
+    checkpoint = tmp_path / "step_000005"
+    checkpoint.mkdir()
+    (checkpoint / identity.CONFIG).write_text(yaml.safe_dump(identity.config_tree(cfg)))
+    identity.write_model_files(cfg, checkpoint)
+    saved = identity.saved_tree(checkpoint)
+    assert saved is not None and saved[identity.MODEL_FILES].startswith("sha256:")
+    # The same files written again (a deterministic rebuild) are the same model.
+    model_folder(model, 1.0)
+    assert identity.check_resume(saved, cfg, checkpoint, anyway=False) == []
+    assert identity.same_warm_start(saved, cfg)
+    model_folder(model, 2.0)  # same names, same sizes, other weights
+    with pytest.raises(identity.ConfigChanged) as refused:
+        identity.check_resume(saved, cfg, checkpoint, anyway=False)
+    assert f"model_files: the model folder {model} holds other files" in str(refused.value)
+    assert [line.split(":")[0] for line in identity.check_resume(saved, cfg, checkpoint, anyway=True)] == [
+        identity.MODEL_FILES
+    ]
+    assert not identity.same_warm_start(saved, cfg)
+    # A folder written before fingerprints (no model.json) is compared on its config alone.
+    (checkpoint / identity.MODEL).unlink()
+    older = identity.saved_tree(checkpoint)
+    assert older is not None and identity.check_resume(older, cfg, checkpoint, anyway=False) == []
+
+
+def test_the_fingerprint_reads_config_and_weights_only(tmp_path: Path) -> None:
+    model = model_folder(tmp_path / "m", 1.0)
+    first = identity.model_fingerprint(str(model))
+    (model / "tokenizer.json").write_text("{}")  # tokenizer files are not weights
+    assert identity.model_fingerprint(str(model)) == first
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
+    assert identity.model_fingerprint(str(model)) != first
+    assert identity.model_fingerprint("Qwen/Qwen2.5-VL-3B-Instruct") is None  # not a folder
+    assert identity.model_fingerprint(None) is None
 
 
 def test_each_start_is_recorded(tmp_path: Path) -> None:

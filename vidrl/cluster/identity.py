@@ -6,10 +6,15 @@ compares its config with the newest checkpoint's: any difference outside `MAY_CH
 changes how a run is watched, kept or placed, never what it trains) stops the start with each
 key as old -> new and the two ways out. Every start appends the config it ran with, and the
 differences it accepted, to `history.jsonl`.
+
+The same `model_path` can hold another model by the time of a rerun (a folder rebuilt, another
+revision downloaded into it), so beside each config.yaml lies `model.json`, a fingerprint of the
+model folder's files (`MODEL_FILES`), compared like a config key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -22,6 +27,13 @@ from vidrl.cluster.config import RunConfig
 
 HISTORY = "history.jsonl"
 CONFIG = "config.yaml"
+MODEL = "model.json"
+MODEL_FILES = "model_files"
+"""The key under which a saved or wanted tree holds the model folder's fingerprint."""
+FINGERPRINT_EDGE_BYTES = 1 << 16
+"""Bytes read from each end of each weight file: enough to tell two checkpoints apart (the header
+names every tensor and its offsets; the first and last rows of the weights follow), and cheap for
+a 7B model's 15 GB."""
 
 MAY_CHANGE: dict[str, str] = {
     "trainer.steps": "a run is extended or cut short by changing it",
@@ -57,7 +69,16 @@ MAY_CHANGE: dict[str, str] = {
 }
 """Keys (or whole sections) that may differ between a run's checkpoint and a rerun, and why."""
 
-SFT_KEYS = ("model_path", "seed", "data", "video", "prompt", "trainer.sft_steps", "trainer.sft_lr")
+SFT_KEYS = (
+    "model_path",
+    MODEL_FILES,
+    "seed",
+    "data",
+    "video",
+    "prompt",
+    "trainer.sft_steps",
+    "trainer.sft_lr",
+)
 """What decides the SFT warm start (besides the learner's model settings, `SFT_LEARNER_KEYS`)."""
 SFT_LEARNER_KEYS = ("learner.lora", "learner.param_dtype", "learner.gradient_checkpointing")
 
@@ -93,17 +114,76 @@ def config_tree(cfg: RunConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
+def model_fingerprint(model_path: str | None) -> str | None:
+    """A digest of a local model folder: config.json whole, and each weight file's name, size and
+    first and last FINGERPRINT_EDGE_BYTES. None for anything but a folder."""
+    folder = Path(model_path) if model_path else None
+    if folder is None or not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    weights = sorted(f for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
+    for file in weights:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(FINGERPRINT_EDGE_BYTES))
+            handle.seek(max(size - FINGERPRINT_EDGE_BYTES, 0))
+            digest.update(handle.read(FINGERPRINT_EDGE_BYTES))
+    return f"sha256:{digest.hexdigest()[:16]} ({len(weights)} weight files)"
+
+
+def wanted_tree(cfg: RunConfig) -> dict[str, Any]:
+    """What a start asks for: its config, and the fingerprint of the model it names."""
+    return config_tree(cfg) | {MODEL_FILES: model_fingerprint(cfg.model_path)}
+
+
+def write_model_files(cfg: RunConfig, folder: Path) -> None:
+    """model.json in `folder`: the fingerprint of the model `cfg` trains from."""
+    temporary = folder / f".{MODEL}.tmp"
+    temporary.write_text(
+        json.dumps({MODEL_FILES: model_fingerprint(cfg.model_path)}) + "\n", encoding="utf-8"
+    )
+    temporary.replace(folder / MODEL)
+
+
 def saved_tree(folder: Path) -> dict[str, Any] | None:
-    """The config a checkpoint (or warm start) folder was trained with, or None if it holds none."""
+    """The config a checkpoint (or warm start) folder was trained with, with its model's
+    fingerprint where one was written, or None if it holds no config."""
     file = folder / CONFIG
-    return yaml.safe_load(file.read_text(encoding="utf-8")) if file.exists() else None
+    if not file.exists():
+        return None
+    tree: dict[str, Any] = yaml.safe_load(file.read_text(encoding="utf-8"))
+    model = folder / MODEL
+    if model.exists():
+        tree |= json.loads(model.read_text(encoding="utf-8"))
+    return tree
+
+
+def comparable(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both trees, without the model fingerprint unless both have one (a folder written before
+    fingerprints were, or a model that is not a local folder, has nothing to compare)."""
+    if saved.get(MODEL_FILES) is not None and wanted.get(MODEL_FILES) is not None:
+        return dict(saved), dict(wanted)
+    return (
+        {k: v for k, v in saved.items() if k != MODEL_FILES},
+        {k: v for k, v in wanted.items() if k != MODEL_FILES},
+    )
 
 
 def check_resume(saved: Mapping[str, Any], cfg: RunConfig, checkpoint: Path, anyway: bool) -> list[str]:
     """The differences between the checkpoint's config and this start's, as "key: old -> new"
     lines; raises ConfigChanged unless `anyway`."""
-    changed = [f"{key}: {old!r} -> {new!r}" for key, old, new in differences(saved, config_tree(cfg))]
+    changed = [
+        f"{key}: {old!r} -> {new!r}" for key, old, new in differences(*comparable(saved, wanted_tree(cfg)))
+    ]
     if changed and not anyway:
+        if any(line.startswith(f"{MODEL_FILES}:") for line in changed):
+            changed.append(
+                f"({MODEL_FILES}: the model folder {cfg.model_path} holds other files than it did)"
+            )
         lines = "\n  ".join(changed)
         raise ConfigChanged(
             f"{cfg.run_dir} holds a run trained with another config (its latest checkpoint, "
@@ -124,7 +204,8 @@ def same_warm_start(saved: Mapping[str, Any] | None, cfg: RunConfig) -> bool:
         flat = dict(flatten(tree))
         return {k: v for k, v in flat.items() if any(k == p or k.startswith(f"{p}.") for p in keys)}
 
-    return pick(saved) == pick(config_tree(cfg))
+    old, new = comparable(saved, wanted_tree(cfg))
+    return pick(old) == pick(new)
 
 
 def record_start(cfg: RunConfig, resumed_from: Path | None, accepted: list[str]) -> None:
@@ -135,6 +216,7 @@ def record_start(cfg: RunConfig, resumed_from: Path | None, accepted: list[str])
         "resumed_from": None if resumed_from is None else resumed_from.name,
         "accepted_changes": accepted,
         "config": config_tree(cfg),
+        MODEL_FILES: model_fingerprint(cfg.model_path),
     }
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with (cfg.run_dir / HISTORY).open("a", encoding="utf-8") as handle:

@@ -137,11 +137,13 @@ def checkpoint_dir(cfg: RunConfig, step: int) -> Path:
 
 
 def write_config(cfg: RunConfig, folder: Path) -> None:
-    """config.yaml in `folder`, written whole (a temporary file renamed over it)."""
+    """config.yaml in `folder`, written whole (a temporary file renamed over it), and beside it
+    the fingerprint of the model it trains from (identity.MODEL)."""
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{identity.CONFIG}.tmp"
     temporary.write_text(dump_config(cfg), encoding="utf-8")
     temporary.replace(folder / identity.CONFIG)
+    identity.write_model_files(cfg, folder)
 
 
 def save(run: Run, step: int) -> Path:
