@@ -30,6 +30,7 @@ timeout_s=${VIDRL_DEMO_TIMEOUT:-1800}
 project=vidrl-docker-demo
 wheels=docker/wheels
 venv=${VIDRL_VENV:-.venv}
+uid=$(id -u) # the image's user, so that the host user owns what the containers write
 
 say() { printf '[docker-demo %s] %s\n' "$(date +%T)" "$*"; }
 die() {
@@ -89,15 +90,14 @@ if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$want" ]; then
 fi
 say "building $image (${build[*]})"
 started=$SECONDS
-"${build[@]}" -f docker/Dockerfile --build-arg VARIANT=cpu --build-arg USER_UID="$(id -u)" -t "$image" .
+"${build[@]}" -f docker/Dockerfile --build-arg VARIANT=cpu --build-arg USER_UID="$uid" -t "$image" .
 build_s=$((SECONDS - started))
 size_mb=$(($(docker image inspect -f '{{.Size}}' "$image") / 1000000))
 say "built $image in ${build_s} s, ${size_mb} MB"
 
 # ---- 4: the compose project runs the demo --------------------------------------------------
 RAY_AUTH_TOKEN=${RAY_AUTH_TOKEN:-$(scripts/ray_auth_token.sh)}
-export RAY_AUTH_TOKEN RAY_AUTH_MODE=token VIDRL_UID VIDRL_CPU_IMAGE=$image VIDRL_DEMO_NAME=$demo_name
-VIDRL_UID=$(id -u)
+export RAY_AUTH_TOKEN RAY_AUTH_MODE=token VIDRL_UID=$uid VIDRL_CPU_IMAGE=$image VIDRL_DEMO_NAME=$demo_name
 # Made here, so that the host user owns them (docker would make missing ones as root).
 mkdir -p data models runs
 out=runs/$demo_name
@@ -113,8 +113,7 @@ started=$SECONDS
 "${compose[@]}" up -d --no-build
 say "compose up: waiting for the trainer's demo (at most ${timeout_s} s)"
 trainer=$("${compose[@]}" ps -q trainer-cpu)
-status=""
-while [ -z "$status" ]; do
+while true; do
     status=$(docker logs "$trainer" 2>&1 | sed -n 's/^vidrl demo exited with status \([0-9]*\)$/\1/p')
     [ -n "$status" ] && break
     if [ "$(docker inspect -f '{{.State.Running}}' "$trainer")" != true ]; then
@@ -135,7 +134,7 @@ fi
 say "the demo finished in ${demo_s} s (compose up to summary)"
 [ -s "$out/summary.json" ] || die "$out/summary.json is missing"
 owner=$(stat -c %u "$out/summary.json")
-[ "$owner" = "$(id -u)" ] || die "$out/summary.json is owned by uid $owner, not by this user ($(id -u))"
+[ "$owner" = "$uid" ] || die "$out/summary.json is owned by uid $owner, not by this user ($uid)"
 "$venv/bin/python" - "$out/summary.json" <<'EOF' || die "the demo's learning check failed"
 import json, sys
 summary = json.load(open(sys.argv[1]))

@@ -8,12 +8,11 @@ import struct
 from pathlib import Path
 
 import pytest
-import yaml
 from safetensors.torch import save_file
 
 from vidrl.cluster import checkpoints, identity
 from vidrl.cluster.config import load_run_config
-from vidrl.cluster.job import trim_metrics
+from vidrl.cluster.job import trim_metrics, write_config
 
 
 def fake_checkpoint(folder: Path) -> None:
@@ -125,8 +124,7 @@ def test_a_rerun_on_another_model_in_the_same_folder_is_refused(tmp_path: Path) 
     cfg = load_run_config(None, [f"output_dir={tmp_path}", f"model_path={model}", "trainer.sft_steps=10"])
     checkpoint = tmp_path / "step_000005"
     checkpoint.mkdir()
-    (checkpoint / identity.CONFIG).write_text(yaml.safe_dump(identity.config_tree(cfg)))
-    identity.write_model_files(cfg, checkpoint)
+    write_config(cfg, checkpoint)
     saved = identity.saved_tree(checkpoint)
     assert saved is not None and saved[identity.MODEL_FILES].startswith("sha256:")
     # The same files written again (a deterministic rebuild) are the same model.

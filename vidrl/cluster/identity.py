@@ -140,13 +140,9 @@ def wanted_tree(cfg: RunConfig) -> dict[str, Any]:
     return config_tree(cfg) | {MODEL_FILES: model_fingerprint(cfg.model_path)}
 
 
-def write_model_files(cfg: RunConfig, folder: Path) -> None:
-    """model.json in `folder`: the fingerprint of the model `cfg` trains from."""
-    temporary = folder / f".{MODEL}.tmp"
-    temporary.write_text(
-        json.dumps({MODEL_FILES: model_fingerprint(cfg.model_path)}) + "\n", encoding="utf-8"
-    )
-    temporary.replace(folder / MODEL)
+def model_json(cfg: RunConfig) -> str:
+    """model.json's text: the fingerprint of the model `cfg` trains from."""
+    return json.dumps({MODEL_FILES: model_fingerprint(cfg.model_path)}) + "\n"
 
 
 def saved_tree(folder: Path) -> dict[str, Any] | None:

@@ -140,10 +140,10 @@ def write_config(cfg: RunConfig, folder: Path) -> None:
     """config.yaml in `folder`, written whole (a temporary file renamed over it), and beside it
     the fingerprint of the model it trains from (identity.MODEL)."""
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{identity.CONFIG}.tmp"
-    temporary.write_text(dump_config(cfg), encoding="utf-8")
-    temporary.replace(folder / identity.CONFIG)
-    identity.write_model_files(cfg, folder)
+    for name, text in ((identity.CONFIG, dump_config(cfg)), (identity.MODEL, identity.model_json(cfg))):
+        temporary = folder / f".{name}.tmp"
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(folder / name)
 
 
 def save(run: Run, step: int) -> Path:
