@@ -364,3 +364,45 @@ def test_a_checkpoint_of_one_rank_resumes_on_two(
         assert max_difference(continued, exported(two, 2)) < 1e-5
     finally:
         two.shutdown()
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False], ids=["two_pass", "plain"])
+def test_sequence_parallel_ranks_make_one_ranks_update(
+    cluster: None, model_dir: Path, groups: list[TrainGroup], shared_prefix: bool
+) -> None:
+    """Two ranks splitting every micro-batch's tokens (Ulysses, S = 2) make the update one rank
+    makes alone: two updates per step, KL to the reference, the learner's own old log-probs,
+    the loss terms and every weight (lr 1, Adam eps 1: the update is about the gradient)."""
+    from vidrl.learner.group import LearnerGroup
+
+    settings: dict[str, object] = {
+        "shared_prefix": shared_prefix,
+        "updates_per_step": 2,
+        "old_logprobs": "recompute",
+        "loss": LossConfig(kl_coef=0.1, entropy_coef=1e-3),
+    }
+    results = {}
+    for ranks, size in ((1, 1), (2, 2)):
+        learner = LearnerGroup(
+            str(model_dir), gradient_like(num_ranks=ranks, sequence_parallel_size=size, **settings), seed=0
+        )
+        try:
+            first = learner.train_step(groups).metrics  # KL is 0 at the first update: take a second step
+            results[size] = (first, learner.train_step(groups).metrics, exported(learner, 2))
+        finally:
+            learner.shutdown()
+    (first_1, metrics_1, weights_1), (first_2, metrics_2, weights_2) = results[1], results[2]
+    assert max_difference(weights_1, weights_2) < 1e-5
+    assert metrics_1["kl"] > 0 and metrics_1["updates"] == 2
+    for name in (
+        "loss",
+        "policy_loss",
+        "kl",
+        "entropy",
+        "clip_fraction",
+        "grad_norm",
+        "tokens",
+        "microbatches",
+    ):
+        assert metrics_2[name] == pytest.approx(metrics_1[name], rel=1e-5, abs=1e-7), name
+    assert first_2["loss"] == pytest.approx(first_1["loss"], rel=1e-5, abs=1e-7)

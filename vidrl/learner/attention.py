@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidrl.learner.prefix import PackedBatch
+from vidrl.learner.sequence_parallel import SequenceGroup, ulysses_attention
 
 SHARED_PREFIX_ATTENTION = "vidrl_shared_prefix"
 """The attention implementation name the text model runs under in the shared-prefix layouts."""
@@ -93,10 +94,26 @@ def shared_prefix_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     prefix_layout: PrefixLayout | None = None,
+    sequence_group: SequenceGroup | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
     """transformers' attention-function contract: query [B, H, T, D], key/value [B, Hkv, T, D]
-    (rotary applied) -> ([B, T, H, D], None). No layout: plain SDPA on the given mask."""
+    (rotary applied) -> ([B, T, H, D], None). No layout: plain SDPA on the given mask.
+
+    With a `sequence_group` (sequence parallelism) the inputs are this rank's slice of the tokens:
+    attention runs over the whole sequence on a share of the heads (vidrl.learner.sequence_parallel),
+    in the prefix layout, or causal where there is none (right-padded rows, the plain layout)."""
+    if sequence_group is not None:
+
+        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            if prefix_layout is not None:
+                return shared_prefix_attention(module, q, k, v, None, scaling, dropout, prefix_layout)[0]
+            if dropout:
+                raise ValueError("sequence-parallel attention does not implement attention dropout")
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+            return out.transpose(1, 2)
+
+        return ulysses_attention(query, key, value, sequence_group, attend), None
     if prefix_layout is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

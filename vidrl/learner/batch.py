@@ -68,17 +68,18 @@ def micro_batches(groups: Sequence[TrainGroup], max_tokens: int, shared_prefix: 
 
 
 def update_plans(groups: Sequence[TrainGroup], cfg: LearnerConfig, budget: int) -> list[UpdatePlan]:
-    """One update's plan for every rank: its groups balanced over the ranks by cost, each share
-    in micro-batches under the token budget, the totals over all of them."""
+    """One update's plan for every rank: its groups balanced over the data-parallel groups by
+    cost, each share in micro-batches under the token budget, the totals over all of them. The
+    ranks of one sequence-parallel group (consecutive ranks) get the same plan."""
     totals = step_totals(groups)
-    shares = split_across_ranks(groups, cfg.num_ranks, cfg.shared_prefix)
+    shares = split_across_ranks(groups, cfg.data_parallel_size, cfg.shared_prefix)
     batches = []
     for share in shares:
         mine = [groups[i] for i in share]
         plan = micro_batches(mine, budget, cfg.shared_prefix)
         batches.append(tuple(tuple(mine[i] for i in batch) for batch in plan))
     most = max(len(b) for b in batches)
-    return [UpdatePlan(b, most, totals) for b in batches]
+    return [UpdatePlan(b, most, totals) for b in batches for _ in range(cfg.sequence_parallel_size)]
 
 
 def idle_group(banned_ids: Sequence[int]) -> TrainGroup:

@@ -47,6 +47,9 @@ class HostMallocSettings(StrictConfig):
 class LearnerConfig(StrictConfig):
     num_ranks: int = Field(2, ge=1)
     """torch.distributed ranks (Ray actors) that shard the policy with FSDP2."""
+    sequence_parallel_size: int = Field(1, ge=1)
+    """Ranks that split each micro-batch's tokens (Ulysses; vidrl.learner.sequence_parallel): the
+    ranks form num_ranks / this data-parallel groups of this many. Must divide num_ranks."""
     cpus_per_rank: float = Field(1.0, gt=0)
     """CPUs reserved for each rank's actor."""
     gpus_per_rank: float = Field(0.0, ge=0)
@@ -110,6 +113,26 @@ class LearnerConfig(StrictConfig):
     lora: LoraSettings | None = None
     """LoRA instead of full fine-tuning (null): adapters only are trained, pushed and saved; the
     reference policy is the base model with the adapters switched off (no second copy)."""
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Groups of ranks that train on different micro-batches (num_ranks / sequence_parallel_size)."""
+        return self.num_ranks // self.sequence_parallel_size
+
+    @model_validator(mode="after")
+    def _sequence_parallel_fits(self) -> LearnerConfig:
+        size = self.sequence_parallel_size
+        if self.num_ranks % size:
+            raise ValueError(
+                f"sequence_parallel_size {size} must divide num_ranks {self.num_ranks}: the ranks form "
+                "num_ranks / sequence_parallel_size data-parallel groups of sequence_parallel_size each"
+            )
+        if size > 1 and self.shared_prefix and self.prefix_attention != "two_pass":
+            raise ValueError(
+                f"sequence parallelism shares a group's prompt through prefix_attention: two_pass, not "
+                f"{self.prefix_attention!r} (a dense T x T mask or flex block mask is not split across ranks)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _corrections_need_the_learners_old_policy(self) -> LearnerConfig:

@@ -35,11 +35,19 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vidrl.learner.attention import SHARED_PREFIX_ATTENTION, Kernel, prefix_layout
 from vidrl.learner.logprobs import DEFAULT_CHUNK_TOKENS, HeadRequest, scoring_head
 from vidrl.learner.prefix import batch_groups, pad_token_id, response_mask, split_group, unpack_responses
+from vidrl.learner.sequence_parallel import (
+    SequenceGroup,
+    gather_rows,
+    padded_width,
+    sliced_text_inputs,
+    split_vision_tower,
+)
 from vidrl.learner.types import PackedBatch, PackedGroup, ResponseLogprobs, VisionInputs
 from vidrl.models import family_of
 
@@ -102,6 +110,7 @@ def response_logprobs_shared(
     kernel: Kernel = "sdpa",
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     banned_ids: Sequence[int] = (),
+    sequence_group: SequenceGroup | None = None,
 ) -> list[ResponseLogprobs]:
     """Log-probs of every group's responses, one packed sequence per group, B groups per forward.
 
@@ -111,7 +120,11 @@ def response_logprobs_shared(
     and "flex" need the text model under `vidrl_shared_prefix` (`use_shared_prefix_attention`),
     with `kernel` "sdpa" or "flash" for two_pass. banned_ids: tokens the rollout never samples
     (the family's vision placeholders), left out of the distribution as the engine leaves them out.
+    sequence_group: this rank's sequence-parallel group (two_pass only; every rank of the group
+    gets the same records: vidrl.learner.sequence_parallel).
     """
+    if sequence_group is not None and attention != "two_pass":
+        raise ValueError(f"sequence parallelism runs the two_pass prefix attention, not {attention!r}")
     batch = batch_groups(groups, pad_token_id(model), with_mask=attention == "mask")
     parameter = next(model.parameters())
     implementation = attention_implementation(model)
@@ -127,7 +140,9 @@ def response_logprobs_shared(
         )
     layout = prefix_layout(batch, "flex" if attention == "flex" else kernel, parameter.device)
     extra = {"prefix_layout": layout}
-    return _forward(model, batch, None, vision, temperature, with_entropy, chunk_tokens, banned_ids, extra)
+    return _forward(
+        model, batch, None, vision, temperature, with_entropy, chunk_tokens, banned_ids, extra, sequence_group
+    )
 
 
 def response_logprobs_plain(
@@ -139,6 +154,7 @@ def response_logprobs_plain(
     with_entropy: bool = False,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     banned_ids: Sequence[int] = (),
+    sequence_group: SequenceGroup | None = None,
 ) -> list[ResponseLogprobs]:
     """The same records as `response_logprobs_shared`, computed without sharing.
 
@@ -157,7 +173,15 @@ def response_logprobs_plain(
     # path when nothing is padded), as an unshared learner would run.
     padding = batch.padding_mask.long().to(next(model.parameters()).device)
     singles_out = _forward(
-        model, batch, padding, sequence_vision, temperature, with_entropy, chunk_tokens, banned_ids
+        model,
+        batch,
+        padding,
+        sequence_vision,
+        temperature,
+        with_entropy,
+        chunk_tokens,
+        banned_ids,
+        sequence_group=sequence_group,
     )
     return _regroup(singles_out, [group.num_responses for group in groups])
 
@@ -172,22 +196,37 @@ def _forward(
     chunk_tokens: int,
     banned_ids: Sequence[int] = (),
     extra: dict[str, Any] | None = None,
+    sequence_group: SequenceGroup | None = None,
 ) -> list[ResponseLogprobs]:
-    """Run the model on a padded batch; its head scores each group's response tokens."""
+    """Run the model on a padded batch; its head scores each group's response tokens (under
+    sequence parallelism, each rank those in its slice, then every rank all of them)."""
     if len(vision) != len(batch.groups):
         raise ValueError(f"{len(batch.groups)} groups but {len(vision)} vision inputs")
     device = next(model.parameters()).device
-    width = batch.input_ids.shape[1]
-    # Rows before the earliest prompt end never predict a response token: skip them.
-    first_row = min(int(group.logit_rows.min()) for group in batch.groups)
-    pixels, grids = video_tensors(vision, device)
-    batch_rows = torch.cat([torch.full_like(g.logit_rows, b) for b, g in enumerate(batch.groups)])
-    columns = torch.cat([group.logit_rows for group in batch.groups]) - first_row
+    rows = torch.cat([torch.full_like(g.logit_rows, b) for b, g in enumerate(batch.groups)])
+    columns = torch.cat([group.logit_rows for group in batch.groups])
     targets = torch.cat([group.targets for group in batch.groups])
     banned = torch.tensor(list(banned_ids), dtype=torch.long, device=device) if banned_ids else None
+    if sequence_group is not None:
+        return _forward_sequence_parallel(
+            model,
+            batch,
+            vision,
+            (rows, columns, targets),
+            banned,
+            temperature,
+            with_entropy,
+            chunk_tokens,
+            extra or {},
+            sequence_group,
+        )
+    width = batch.input_ids.shape[1]
+    # Rows before the earliest prompt end never predict a response token: skip them.
+    first_row = int(columns.min())
+    pixels, grids = video_tensors(vision, device)
     request = HeadRequest(
-        batch_rows.to(device),
-        columns.to(device),
+        rows.to(device),
+        (columns - first_row).to(device),
         targets.to(device),
         temperature,
         chunk_tokens,
@@ -206,6 +245,61 @@ def _forward(
             **(extra or {}),
         )
     scored = outputs.logits[0]  # [N, 2]: log-prob, entropy
+    return _unpack(batch.groups, scored[:, 0], scored[:, 1] if with_entropy else None)
+
+
+def _forward_sequence_parallel(
+    model: nn.Module,
+    batch: PackedBatch,
+    vision: Sequence[VisionInputs | None],
+    scored_tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    banned: torch.Tensor | None,
+    temperature: float,
+    with_entropy: bool,
+    chunk_tokens: int,
+    extra: dict[str, Any],
+    group: SequenceGroup,
+) -> list[ResponseLogprobs]:
+    """`_forward` with this rank holding 1/S of the (padded) width through the decoder and head."""
+    device = next(model.parameters()).device
+    rows, columns, targets = scored_tokens  # [N] each, packed order
+    width = padded_width(batch.input_ids.shape[1], group.size)
+    extend = width - batch.input_ids.shape[1]
+    input_ids = F.pad(batch.input_ids, (0, extend), value=pad_token_id(model))
+    position_ids = F.pad(batch.position_ids, (0, extend))  # [3, B, T]
+    mine = group.slice_of(width)
+    local = (columns >= mine.start) & (columns < mine.stop)
+    request = HeadRequest(
+        rows[local].to(device),
+        (columns[local] - mine.start).to(device),
+        targets[local].to(device),
+        temperature,
+        chunk_tokens,
+        with_entropy,
+        banned,
+    )
+    pixels, grids = video_tensors(vision, device)
+    family = family_of(model.config)
+    with (
+        scoring_head(model, request),
+        sliced_text_inputs(family.text_model(model), group),
+        split_vision_tower(family.vision_tower(model), group),
+    ):
+        outputs = model(
+            input_ids=input_ids.to(device),
+            position_ids=position_ids.to(device),
+            attention_mask=None,
+            pixel_values_videos=pixels,
+            video_grid_thw=grids,
+            logits_to_keep=0,  # every column of this rank's slice
+            use_cache=False,
+            sequence_group=group,
+            **extra,
+        )
+    gathered = gather_rows(outputs.logits[0], group)  # [N, 2], rank by rank
+    owner = torch.div(columns, width // group.size, rounding_mode="floor")
+    in_gathered_order = torch.sort(owner, stable=True).indices  # packed index of each gathered row
+    scored = gathered[torch.argsort(in_gathered_order).to(gathered.device)]  # back to packed order
     return _unpack(batch.groups, scored[:, 0], scored[:, 1] if with_entropy else None)
 
 

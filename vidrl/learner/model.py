@@ -54,7 +54,8 @@ def choose_attention(cfg: LearnerConfig, device: torch.device, layout: Layout) -
     text model runs under the shared-prefix implementation for the two_pass and flex layouts
     (two_pass then uses flash-attn's varlen kernel where flash-attn was chosen); the layouts
     that hand the model a 4D mask (mask, prompt_state) need a maskable attention, so flash-attn
-    falls back to SDPA there.
+    falls back to SDPA there. Under sequence parallelism the text model always runs the
+    shared-prefix implementation, which exchanges heads and tokens between the ranks.
     """
     flash_ok = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
     if cfg.attention == "flash_attention_2" and cfg.param_dtype == "float32":
@@ -67,7 +68,8 @@ def choose_attention(cfg: LearnerConfig, device: torch.device, layout: Layout) -
     else:
         base = "flash_attention_2" if flash_ok and cfg.param_dtype == "bfloat16" else "sdpa"
     text = base
-    if layout in ("two_pass", "flex"):
+    if layout in ("two_pass", "flex") or cfg.sequence_parallel_size > 1:
+        # Sequence parallelism runs every layout's attention through this implementation too.
         text = SHARED_PREFIX_ATTENTION
     elif layout in ("mask", "prompt_state") and base not in MASKABLE_ATTENTION:
         log.warning("the %s layout hands the model a 4D mask: text attention sdpa, not %s", layout, base)

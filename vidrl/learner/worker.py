@@ -23,6 +23,7 @@ mismatch is measured on the first update's forward, before the policy moves.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,7 @@ from vidrl.learner.offpolicy import MismatchSums, mismatch_sums
 from vidrl.learner.prefix import pack_group
 from vidrl.learner.process_group import Rendezvous, join, pick_rendezvous
 from vidrl.learner.schedule import lr_lambda
+from vidrl.learner.sequence_parallel import new_sequence_groups, refuse_family
 from vidrl.learner.types import (
     LossSums,
     PackedGroup,
@@ -98,6 +100,8 @@ class LearnerWorker:
         )
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         join(rendezvous, self.rank, self.world_size, backend, self.cfg.process_group_timeout_seconds)
+        size = self.cfg.sequence_parallel_size
+        self.sequence_group = new_sequence_groups(self.world_size, size, self.rank) if size > 1 else None
 
     def build(self) -> dict[str, float]:
         """Build, shard and load the policy (and the reference model when KL is used), then set
@@ -114,9 +118,12 @@ class LearnerWorker:
 
         mark("start")
         family = family_at(self.model_path)
+        refuse_family(family.name, family.prefix_sharing, self.cfg.sequence_parallel_size)
         layout = choose_layout(self.cfg, family)  # every pass of the run: policy, old, reference
         self.attention = choose_attention(self.cfg, self.device, layout)
         self.layout_logprobs = LAYOUTS[layout](self.attention.prefix_kernel)
+        if self.sequence_group is not None:
+            self.layout_logprobs = functools.partial(self.layout_logprobs, sequence_group=self.sequence_group)
         torch.manual_seed(self.seed)
         self.model = build_sharded(
             self.model_path, self.attention, self.cfg, self.device, torch.float32, seed=self.seed
@@ -224,10 +231,14 @@ class LearnerWorker:
         skipped: list[SkippedUpdate],
         started: float,
     ) -> RankMetrics:
-        """This rank's share of the step: means over the updates applied (none: zeros)."""
+        """This rank's share of the step: means over the updates applied (none: zeros). Of a
+        sequence group, whose ranks all computed the same micro-batches, the first reports them."""
         applied = len(norms)
         peak = self.memory.read()
         tokens = sum(g.cost(self.cfg.shared_prefix) for u in updates for b in u.microbatches for g in b)
+        microbatches = sum(len(u.microbatches) for u in updates)
+        if self.sequence_group is not None and self.sequence_group.index > 0:
+            terms, mismatch, tokens, microbatches = LossSums(), None, 0, 0
         return RankMetrics(
             terms=terms.scaled(1.0 / max(applied, 1)),
             mismatch=mismatch,
@@ -235,7 +246,7 @@ class LearnerWorker:
             lr=lrs[0] if lrs else self.scheduler.get_last_lr()[0],
             updates=applied,
             tokens=epochs * tokens,
-            microbatches=sum(len(u.microbatches) for u in updates),
+            microbatches=microbatches,
             step_seconds=time.perf_counter() - started,
             peak_host_bytes=peak.get("peak_host_bytes"),
             peak_device_bytes=peak.get("peak_device_bytes"),
@@ -268,8 +279,11 @@ class LearnerWorker:
                 loss = loss * float("nan")
             if not bool(torch.isfinite(loss.detach())):
                 bad.extend(g.sample_id or "?" for g in groups)
-            # FSDP2 averages gradients over ranks; the loss is a share of an update-wide sum.
-            (loss * (self.world_size if active else 0.0)).backward()
+            # FSDP2 averages gradients over ranks; the loss is a share of an update-wide sum. The
+            # ranks of a sequence group each hold the whole micro-batch's loss, and the gather of
+            # their log-probs sums its gradients over them (vidrl.learner.sequence_parallel).
+            scale = self.world_size / self.cfg.sequence_parallel_size
+            (loss * (scale if active else 0.0)).backward()
             del loss
             self.host_malloc.after("microbatch")
             if active:
@@ -340,6 +354,7 @@ class LearnerWorker:
                 kept = kept_mask(out, group, logprobs.cpu(), self.cfg.loss)
                 counts += torch.tensor([float(kept.sum()), float(kept.any(-1).sum())], dtype=torch.float64)
         dist.all_reduce(counts)
+        counts /= self.cfg.sequence_parallel_size  # the ranks of a sequence group counted the same groups
         return StepTotals(response_tokens=int(counts[0]), sequences=int(counts[1]))
 
     @torch.no_grad()
