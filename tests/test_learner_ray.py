@@ -406,3 +406,41 @@ def test_sequence_parallel_ranks_make_one_ranks_update(
     ):
         assert metrics_2[name] == pytest.approx(metrics_1[name], rel=1e-5, abs=1e-7), name
     assert first_2["loss"] == pytest.approx(first_1["loss"], rel=1e-5, abs=1e-7)
+
+
+def test_a_frozen_vision_tower_is_encoded_once_trained_never_and_pushed_once(
+    cluster: None, model_dir: Path, groups: list[TrainGroup], tmp_path: Path
+) -> None:
+    """freeze_vision, with old log-probs recomputed and KL to the reference (three passes that
+    read the step's one encoding of each video): every parameter outside the tower makes the
+    update the unfrozen model makes (whose tower gradients are simply not applied), the tower
+    stays as loaded, and the pushes after the first leave it out."""
+    from safetensors.torch import load_file
+
+    from vidrl.learner.group import LearnerGroup
+
+    settings: dict[str, object] = {"old_logprobs": "recompute", "loss": LossConfig(kl_coef=0.1)}
+    runs = {}
+    for freeze, size in ((False, 1), (True, 1), (True, 2)):  # size 2: the ranks split the frames
+        cfg = gradient_like(num_ranks=2, freeze_vision=freeze, sequence_parallel_size=size, **settings)
+        learner = LearnerGroup(str(model_dir), cfg, seed=0)
+        try:
+            pushed_first = exported(learner, 0)
+            metrics = learner.train_step(groups).metrics
+            pushed_after = exported(learner, 1)
+            learner.save(str(tmp_path / f"frozen-{freeze}-{size}"), {})
+        finally:
+            learner.shutdown()
+        runs[freeze, size] = (pushed_first, metrics, pushed_after)
+    (first, metrics, after), (frozen_first, frozen_metrics, frozen_after) = runs[False, 1], runs[True, 1]
+    assert max_difference(runs[True, 2][2], frozen_after) < 1e-5  # and under sequence parallelism
+    tower = {name for name in first if name.startswith("model.visual.")}
+    assert tower and frozen_first.keys() == first.keys()  # the first push carries everything
+    assert frozen_after.keys() == first.keys() - tower  # later pushes leave the tower out
+    assert max(float((after[k] - first[k]).abs().max()) for k in tower) > 1e-3  # unfrozen: it moves
+    assert max_difference(frozen_after, {k: after[k] for k in frozen_after}) < 1e-5
+    assert frozen_metrics["loss"] == pytest.approx(metrics["loss"], rel=1e-5, abs=1e-7)
+    saved = {}
+    for shard in (tmp_path / "frozen-True-1" / "hf").glob("*.safetensors"):
+        saved |= load_file(str(shard))
+    assert max(float((saved[k] - frozen_first[k]).abs().max()) for k in tower) == 0.0  # as loaded

@@ -342,6 +342,24 @@ def test_workers_on_other_weights_are_refused(
     assert pool.generate(prompts, step=0).weights_version == 7
 
 
+def test_a_push_that_keeps_the_frozen_tower_updates_everything_else(
+    pool: RolloutPool, prompts: list, hf: dict[int, Any], processor: Any
+) -> None:
+    """learner.freeze_vision's later pushes leave the tower out (keeps_vision): the engine keeps
+    the tower it has and takes the rest. Seed 1's model, then seed 0's text model alone: the
+    engine's greedy output is transformers' with seed 0's text model and seed 1's tower."""
+    pool.update_weights(30, publish(30, hf[1]))
+    text_only = [(k, v) for k, v in hf[0].state_dict().items() if not k.startswith("model.visual.")]
+    assert len(text_only) < len(hf[0].state_dict())
+    buckets = [pack_bucket(31, group, keeps_vision=True) for group in split_into_buckets(text_only, 1 << 20)]
+    pool.update_weights(31, [ray.put(b) for b in buckets])
+    hybrid = copy.deepcopy(hf[0])
+    hybrid.model.visual.load_state_dict(hf[1].model.visual.state_dict())
+    expected = [hf_greedy(hybrid, processor, p) for p in prompts]
+    assert greedy_tokens(pool, prompts) == expected
+    assert expected != [hf_greedy(hf[0], processor, p) for p in prompts]  # the tower shows in the output
+
+
 def test_a_killed_worker_comes_back_with_the_last_weights(
     pool: RolloutPool, prompts: list, hf: dict[int, Any], hf_greedy_tokens: dict[int, list]
 ) -> None:

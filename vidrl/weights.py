@@ -48,6 +48,9 @@ class WeightBucket:
     entries: tuple[TensorEntry, ...]
     buffer: np.ndarray
     adapter_config: str | None = None
+    keeps_vision: bool = False
+    """True: the push leaves the vision tower out (learner.freeze_vision, after the first push):
+    the engine keeps the tower it has and requires every other parameter."""
 
     @property
     def nbytes(self) -> int:
@@ -59,7 +62,10 @@ def _aligned(offset: int) -> int:
 
 
 def pack_bucket(
-    version: int, tensors: Iterable[tuple[str, torch.Tensor]], adapter_config: str | None = None
+    version: int,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    adapter_config: str | None = None,
+    keeps_vision: bool = False,
 ) -> WeightBucket:
     """Copy tensors (any device, any dtype) into one bucket; one copy, to host memory."""
     named = [(name, t.detach()) for name, t in tensors]
@@ -76,7 +82,13 @@ def pack_bucket(
         if entry.nbytes:
             raw = t.contiguous().reshape(-1).view(torch.uint8)
             flat[entry.offset : entry.offset + entry.nbytes].copy_(raw)
-    return WeightBucket(version=version, entries=tuple(entries), buffer=buffer, adapter_config=adapter_config)
+    return WeightBucket(
+        version=version,
+        entries=tuple(entries),
+        buffer=buffer,
+        adapter_config=adapter_config,
+        keeps_vision=keeps_vision,
+    )
 
 
 def unpack_bucket(bucket: WeightBucket) -> Iterator[tuple[str, torch.Tensor]]:

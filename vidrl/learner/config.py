@@ -76,6 +76,10 @@ class LearnerConfig(StrictConfig):
     """Token budget of one forward/backward; groups are packed into micro-batches under it."""
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of forward/backward compute (FSDP2 mixed precision); master weights stay float32."""
+    freeze_vision: bool = False
+    """Full fine-tuning with the vision tower frozen (EasyR1's and verl's freeze_vision_tower): its
+    embeddings are computed once per step and reused by every pass; it is not in the optimizer,
+    and not pushed after the first push (vidrl.learner.frozen_vision)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     shared_prefix: bool = True
@@ -132,6 +136,12 @@ class LearnerConfig(StrictConfig):
                 f"sequence parallelism shares a group's prompt through prefix_attention: two_pass, not "
                 f"{self.prefix_attention!r} (a dense T x T mask or flex block mask is not split across ranks)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _a_frozen_tower_is_not_trained(self) -> LearnerConfig:
+        if self.freeze_vision and self.lora is not None and self.lora.train_vision:
+            raise ValueError("learner.freeze_vision and learner.lora.train_vision contradict: choose one")
         return self
 
     @model_validator(mode="after")

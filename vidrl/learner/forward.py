@@ -32,6 +32,7 @@ Where it departs from the references:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -223,7 +224,6 @@ def _forward(
     width = batch.input_ids.shape[1]
     # Rows before the earliest prompt end never predict a response token: skip them.
     first_row = int(columns.min())
-    pixels, grids = video_tensors(vision, device)
     request = HeadRequest(
         rows.to(device),
         (columns - first_row).to(device),
@@ -238,8 +238,7 @@ def _forward(
             input_ids=batch.input_ids.to(device),
             position_ids=batch.position_ids.to(device),
             attention_mask=attention_mask,
-            pixel_values_videos=pixels,
-            video_grid_thw=grids,
+            **video_arguments(vision, device),
             logits_to_keep=width - first_row,
             use_cache=False,
             **(extra or {}),
@@ -278,7 +277,6 @@ def _forward_sequence_parallel(
         with_entropy,
         banned,
     )
-    pixels, grids = video_tensors(vision, device)
     family = family_of(model.config)
     with (
         scoring_head(model, request),
@@ -289,8 +287,7 @@ def _forward_sequence_parallel(
             input_ids=input_ids.to(device),
             position_ids=position_ids.to(device),
             attention_mask=None,
-            pixel_values_videos=pixels,
-            video_grid_thw=grids,
+            **video_arguments(vision, device),
             logits_to_keep=0,  # every column of this rank's slice
             use_cache=False,
             sequence_group=group,
@@ -345,14 +342,24 @@ def _stack_rows(rows: Sequence[torch.Tensor], fill: float | bool) -> torch.Tenso
     return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=fill)
 
 
-def video_tensors(
-    vision: Sequence[VisionInputs | None], device: torch.device
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The videos of a batch as the model takes them: pixels [sum of patches, D] and grids
-    [videos, 3] on `device`, or (None, None) when no group has a video."""
+def video_arguments(vision: Sequence[VisionInputs | None], device: torch.device) -> dict[str, Any]:
+    """The videos of a batch as the model's forward takes them, on `device`: pixels
+    [sum of patches, D] and grids [videos, 3]; or, where a frozen tower already encoded them
+    (learner.freeze_vision), its outputs as `mm_encoder_outputs` with the grids; nothing
+    without video."""
     videos = [video for video in vision if video is not None]
     if not videos:
-        return None, None
-    pixels = torch.cat([torch.as_tensor(v.pixel_values_videos) for v in videos]).to(device)
+        return {}
     grids = torch.cat([torch.as_tensor(v.video_grid_thw).long() for v in videos]).to(device)
-    return pixels, grids
+    encoded = [v.encoded for v in videos if v.encoded is not None]
+    if not encoded:
+        pixels = torch.cat([torch.as_tensor(v.pixel_values_videos) for v in videos]).to(device)
+        return {"pixel_values_videos": pixels, "video_grid_thw": grids}
+    if len(encoded) != len(videos):
+        raise ValueError("a batch mixes encoded videos with videos to encode: encode every video of the step")
+    layers = len(encoded[0].deepstack)
+    outputs = SimpleNamespace(  # what the model's forward reads of its own tower's output
+        pooler_output=tuple(e.embeds.to(device) for e in encoded),
+        deepstack_features=[tuple(e.deepstack[k].to(device) for e in encoded) for k in range(layers)],
+    )
+    return {"video_grid_thw": grids, "mm_encoder_outputs": {"video": outputs}}

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionCacheLayerMixin, LinearAttentionLayer
 
-from vidrl.learner.forward import video_tensors
+from vidrl.learner.forward import video_arguments
 from vidrl.learner.logprobs import DEFAULT_CHUNK_TOKENS, HeadRequest, scoring_head
 from vidrl.learner.prefix import pad_token_id, response_mask, response_positions, unpack_responses
 from vidrl.learner.types import PackedGroup, ResponseLogprobs, VisionInputs
@@ -98,7 +98,6 @@ def _prompt_pass(
     # A padded query row sees itself only: a row with no key makes SDPA's softmax NaN.
     attend = (causal & real[:, None, :]) | torch.eye(width, dtype=torch.bool)  # [B, Pmax, Pmax]
     masks = _layer_masks(model, attend[:, None], real, device)
-    pixels, grids = video_tensors(vision, device)
     rows = torch.cat([torch.full((g.num_responses,), b) for b, g in enumerate(groups)])
     targets = torch.cat(
         [group.input_ids[start : start + 1] for group in groups for start, _ in group.response_spans()]
@@ -118,8 +117,7 @@ def _prompt_pass(
             input_ids=input_ids.to(device),
             position_ids=positions.to(device),
             attention_mask=masks,
-            pixel_values_videos=pixels,
-            video_grid_thw=grids,
+            **video_arguments(vision, device),
             past_key_values=cache,
             logits_to_keep=1,
             use_cache=False,

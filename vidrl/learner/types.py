@@ -2,6 +2,7 @@
 
 TrainGroup       one prompt and its G responses (numpy: zero-copy through Ray's object store)
 VisionInputs     the processor's output for one prompt's video
+EncodedVideo     a frozen vision tower's output for one video (learner.freeze_vision)
 StepTotals       an update's counts over all ranks: the loss's denominators
 UpdatePlan       one optimizer update as one rank runs it
 PackedGroup      a group as one sequence [prompt | response 1 | ... | response G]
@@ -41,6 +42,22 @@ class VisionInputs:
     pixel_values_videos: np.ndarray | torch.Tensor
     video_grid_thw: np.ndarray | torch.Tensor
     second_per_grid_ts: np.ndarray | torch.Tensor | None = None
+    encoded: EncodedVideo | None = None
+    """Set inside a rank with `learner.freeze_vision`: the frozen tower's output for this video,
+    computed once per step (vidrl.learner.frozen_vision); the forward passes read it instead of
+    running the tower on the pixels."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedVideo:
+    """The vision tower's output for one video, without an autograd graph.
+
+    embeds:    [tokens, D] the merged patch embeddings the text model's video placeholders take
+    deepstack: per DeepStack layer, [tokens, D] (Qwen3-VL, Qwen3.5); empty for Qwen2.5-VL
+    """
+
+    embeds: torch.Tensor
+    deepstack: tuple[torch.Tensor, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

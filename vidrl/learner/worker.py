@@ -36,6 +36,13 @@ from vidrl.learner.batch import idle_group
 from vidrl.learner.checkpoint import TrainingState, materialise_optimizer_state
 from vidrl.learner.config import LearnerConfig
 from vidrl.learner.forward import config_prompt_position_ids
+from vidrl.learner.frozen_vision import (
+    encode_step_videos,
+    freeze_tower,
+    step_videos,
+    tower_parameter_names,
+    with_encoded,
+)
 from vidrl.learner.guard import NonFiniteWeights, nonfinite_update, nonfinite_weights
 from vidrl.learner.layouts import LAYOUTS, choose_layout
 from vidrl.learner.losses import grpo_microbatch, kept_mask, rollout_logprobs, sft_microbatch
@@ -47,6 +54,7 @@ from vidrl.learner.process_group import Rendezvous, join, pick_rendezvous
 from vidrl.learner.schedule import lr_lambda
 from vidrl.learner.sequence_parallel import new_sequence_groups, refuse_family
 from vidrl.learner.types import (
+    EncodedVideo,
     LossSums,
     PackedGroup,
     RankMetrics,
@@ -129,6 +137,12 @@ class LearnerWorker:
             self.model_path, self.attention, self.cfg, self.device, torch.float32, seed=self.seed
         )
         self.config = self.model.config
+        self.frozen_names: set[str] = set()  # the tower's parameters, left out of later pushes
+        if self.cfg.freeze_vision:
+            freeze_tower(self.model)
+            self.frozen_names = tower_parameter_names(self.model)
+        self.pushed = False
+        self.encoded: dict[int, EncodedVideo] = {}  # this step's frozen-tower embeddings
         # The engine never samples the family's vision placeholders: they leave the learner's
         # distribution too (one list for both: vidrl.models).
         self.banned_ids = family.placeholder_token_ids(self.config)
@@ -154,8 +168,18 @@ class LearnerWorker:
         # with a zero-gradient step (advancing Adam's step count) the first time a checkpoint
         # is saved, so that saving would change the training that follows.
         materialise_optimizer_state(self.optimizer)
+        if self.cfg.freeze_vision:
+            self._first_forward()
         mark("optimizer")
         return phases
+
+    @torch.no_grad()
+    def _first_forward(self) -> None:
+        """One forward of the idle group through the whole model, so that FSDP2 has set the
+        model up as the root before the frozen tower is called on its own (train_step): FSDP2
+        refuses a first forward through a child unit."""
+        idle = idle_group(self.banned_ids)
+        self._logprobs(self.model, [self._pack(idle)], [None], with_entropy=False)
 
     def offload(self) -> float:
         """Move this rank's parameter shards, gradients and optimizer state to host memory, so a
@@ -197,6 +221,8 @@ class LearnerWorker:
         self.memory.reset()
         recompute = mode == "grpo" and self.cfg.old_logprobs == "recompute"
         idle = [idle_group(self.banned_ids)]
+        if self.cfg.freeze_vision:  # every pass of the step reads these: the tower runs once
+            self.encoded = encode_step_videos(self.model, step_videos(updates), self.sequence_group)
         old, mismatch = self._recompute_old(updates, idle) if recompute else ({}, None)
         totals = [self._kept_totals(update, old) for update in updates] if recompute else None
         self.model.train()
@@ -217,6 +243,7 @@ class LearnerWorker:
                 lrs.append(self.scheduler.get_last_lr()[0])
                 self.scheduler.step()
                 self.step += 1
+        self.encoded = {}
         self.host_malloc.after("step")
         return self._rank_metrics(updates, epochs, terms, mismatch, norms, lrs, skipped, started)
 
@@ -299,7 +326,7 @@ class LearnerWorker:
         measure: bool,
     ) -> tuple[torch.Tensor, LossSums, MismatchSums | None]:
         packed = [self._pack(g) for g in groups]
-        vision = [g.vision for g in groups]
+        vision = with_encoded([g.vision for g in groups], self.encoded)
         outputs, tower_zero = self._logprobs(self.model, packed, vision, with_entropy=True)
         mismatch = None
         if mode == "sft":
@@ -326,7 +353,8 @@ class LearnerWorker:
             for index in range(update.num_microbatches):
                 active = index < len(update.microbatches)
                 groups = update.microbatches[index] if active else idle
-                packed, vision = [self._pack(g) for g in groups], [g.vision for g in groups]
+                packed = [self._pack(g) for g in groups]
+                vision = with_encoded([g.vision for g in groups], self.encoded)
                 outputs, _ = self._logprobs(self.model, packed, vision, with_entropy=False)
                 if not active:
                     continue
@@ -379,7 +407,9 @@ class LearnerWorker:
         """Per-token log-probs in the run's layout (vidrl.learner.layouts), through the chunked
         head, and the zero of the vision tower's dummy pass when no group has a video (None
         otherwise): every rank runs the tower, in the same place (vision_tower_in_lockstep)."""
-        with vision_tower_in_lockstep(model, all(v is None for v in vision)) as tower:
+        # A frozen tower ran once for the step (train_step): no pass runs it, on any rank.
+        no_video = all(v is None for v in vision) and not self.cfg.freeze_vision
+        with vision_tower_in_lockstep(model, no_video) as tower:
             records = self.layout_logprobs(
                 model,
                 packed,
@@ -429,14 +459,17 @@ class LearnerWorker:
         self._check_finite(f"weights version {version} is not pushed")
         refs: list[Any] = []
         adapter = self._adapter_config()
-        tensors = self._full_parameters()
+        # The engines got the frozen tower with the first push (or from the checkpoint they loaded).
+        keeps_vision = self.pushed and bool(self.frozen_names)
+        tensors = self._full_parameters(skip=self.frozen_names if keeps_vision else set())
         if adapter is not None:  # LoRA: the adapter alone travels, under PEFT's names
             from vidrl.learner.lora import peft_tensors
 
             tensors = peft_tensors(tensors)
         for group in split_into_buckets(tensors, self.cfg.weight_bucket_bytes):
             if self.rank == 0:
-                refs.append(ray.put(pack_bucket(version, group, adapter)))
+                refs.append(ray.put(pack_bucket(version, group, adapter, keeps_vision)))
+        self.pushed = True
         return refs
 
     def _adapter_config(self) -> str | None:
@@ -447,13 +480,14 @@ class LearnerWorker:
 
         return adapter_config_json(self.cfg.lora, self.model_path)
 
-    def _full_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every parameter gathered in turn (only LoRA's adapters under LoRA), on rank 0."""
+    def _full_parameters(self, skip: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every parameter but those in `skip` gathered in turn (only LoRA's adapters under
+        LoRA), on rank 0."""
         from vidrl.learner.lora import is_adapter
 
         nothing = torch.empty(0)
         for name, param in self.model.named_parameters():
-            if self.cfg.lora is not None and not is_adapter(name):
+            if (self.cfg.lora is not None and not is_adapter(name)) or name in skip:
                 continue
             cast = param.detach() if self.export_dtype is None else param.detach().to(self.export_dtype)
             full = cast.full_tensor() if hasattr(cast, "full_tensor") else cast

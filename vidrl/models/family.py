@@ -16,6 +16,7 @@ A `ModelFamily` is a frozen record of facts and pure functions, one per family m
     resize_factor                   frames are resized to multiples of it (patch x spatial merge)
     end_of_turn                     the chat template's end-of-turn token
     text_model(m) / vision_tower(m) where the language model and the vision tower sit in a model
+    engine_vision_tower(m)          where the vision tower sits in vLLM's model of the family
     dummy_vision_pass(m)            the tower on its smallest input, for a rank without video
     tiny                            how `vidrl tiny-model --family NAME` builds one
 
@@ -108,6 +109,10 @@ class ModelFamily:
     def vision_tower(self, model: nn.Module) -> nn.Module | None:
         """The vision tower inside a checkpoint's model (None: a text-only model)."""
         return getattr(getattr(model, "model", model), "visual", None)
+
+    def engine_vision_tower(self, engine_model: nn.Module) -> nn.Module | None:
+        """The vision tower inside vLLM's model of this family (every Qwen VL family: `visual`)."""
+        return getattr(engine_model, "visual", None)
 
     def dummy_vision_pass(self, model: nn.Module) -> torch.Tensor:
         """Run the vision tower on its smallest input (one temporal patch of merge x merge

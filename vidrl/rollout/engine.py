@@ -52,6 +52,7 @@ tokens (prompts.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -137,9 +138,14 @@ class BucketLoaderExtension:
         # all of that layer's tensors, which may span buckets.
         worker: Any = self  # vLLM's worker, which this class is mixed into
         model = worker.model_runner.get_model()
-        loaded = _recording_loads(model, lambda: worker.reload_weights(weights_iterator=iter(named)))
+        keeps_vision = any(b.keeps_vision for b in buckets)
+        with _quiet_kept_layers() if keeps_vision else contextlib.nullcontext():
+            loaded = _recording_loads(model, lambda: worker.reload_weights(weights_iterator=iter(named)))
         # vLLM's own tally (reload_weights): LoRA wraps a layer as base_layer.
         expected = {name.replace(".base_layer.", ".") for name, _ in model.named_parameters()}
+        if keeps_vision:  # a frozen tower (learner.freeze_vision): the layers keep their weights
+            family = family_of(worker.vllm_config.model_config.hf_config)
+            expected -= _names_under(model, family.engine_vision_tower(model))
         missing = sorted(expected - loaded)
         if missing:
             shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
@@ -148,6 +154,30 @@ class BucketLoaderExtension:
                 f"no tensor from the {len(named)} pushed: {shown}"
             )
         return len(named)
+
+
+def _names_under(model: Any, module: Any) -> set[str]:
+    """The model's parameter names that belong to `module` (none for None)."""
+    inside = {id(p) for p in module.parameters()} if module is not None else set()
+    return {name for name, p in model.named_parameters() if id(p) in inside}
+
+
+class _KeptLayerFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to load weights" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_kept_layers() -> Any:
+    """vLLM's reload warns once per layer that received no tensor and keeps its weights (its
+    fallback): under a push that leaves the frozen tower out, that is every tower layer, by design."""
+    logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    quiet = _KeptLayerFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _recording_loads(model: Any, reload: Any) -> set[str]:
