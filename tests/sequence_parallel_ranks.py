@@ -73,6 +73,31 @@ def loss_and_grads(
     return records, loss
 
 
+@torch.no_grad()
+def vision_split_errors(model: Any, vision: list[Any], group: Any) -> dict[str, Any]:
+    """The tower on both videos at once, whole and split between the ranks by frames: the
+    largest differences of the embeddings and DeepStack features, and this rank's share."""
+    from vidrl.learner.sequence_parallel import split_vision_tower
+
+    videos = [v for v in vision if v is not None]
+    pixels = torch.cat([torch.as_tensor(v.pixel_values_videos) for v in videos])
+    grids = torch.cat([torch.as_tensor(v.video_grid_thw) for v in videos])
+    tower = model.model.visual
+    whole = tower(pixels, grid_thw=grids)
+    with split_vision_tower(tower, group):
+        split = tower(pixels, grid_thw=grids)
+    deepstack = zip(
+        getattr(whole, "deepstack_features", None) or [],
+        getattr(split, "deepstack_features", None) or [],
+        strict=True,
+    )
+    return {
+        "embeddings": float((whole.pooler_output - split.pooler_output).abs().max()),
+        "deepstack": max((float((a - b).abs().max()) for a, b in deepstack), default=0.0),
+        "rows": int(whole.pooler_output.shape[0]),
+    }
+
+
 def run(rank: int, model_dir: str, out: str, port: int) -> None:
     from transformers import AutoModelForImageTextToText
 
@@ -133,6 +158,7 @@ def run(rank: int, model_dir: str, out: str, port: int) -> None:
         errors["tower_rows"] = alone_rows
         errors["tower_rows_per_rank"] = [sum(share) for share in shares]
         report[layout] = errors
+    report["vision_split"] = vision_split_errors(model, vision, group)
     if rank == 0:
         with open(out, "w") as handle:
             json.dump(report, handle)

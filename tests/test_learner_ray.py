@@ -415,6 +415,7 @@ def test_a_frozen_vision_tower_is_encoded_once_trained_never_and_pushed_once(
     read the step's one encoding of each video): every parameter outside the tower makes the
     update the unfrozen model makes (whose tower gradients are simply not applied), the tower
     stays as loaded, and the pushes after the first leave it out."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from vidrl.learner.group import LearnerGroup
@@ -444,3 +445,13 @@ def test_a_frozen_vision_tower_is_encoded_once_trained_never_and_pushed_once(
     for shard in (tmp_path / "frozen-True-1" / "hf").glob("*.safetensors"):
         saved |= load_file(str(shard))
     assert max(float((saved[k] - frozen_first[k]).abs().max()) for k in tower) == 0.0  # as loaded
+
+    def tower_moments(run: str) -> int:  # Adam's state for tower parameters, in the checkpoint
+        count = 0
+        for shard in (tmp_path / run / "state").glob("*.safetensors"):
+            with safe_open(str(shard), "pt") as handle:
+                names = list(handle.keys())
+            count += sum("visual" in name and "exp_avg" in name for name in names)
+        return count
+
+    assert tower_moments("frozen-False-1") > 0 and tower_moments("frozen-True-1") == 0  # not in the optimizer

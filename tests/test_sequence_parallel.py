@@ -44,6 +44,14 @@ def test_a_family_with_recurrent_layers_is_refused_by_name() -> None:
     refuse_family("qwen3_vl", "attention", 2)
 
 
+def test_heads_that_do_not_split_are_refused() -> None:
+    from vidrl.learner.sequence_parallel import refuse_heads
+
+    with pytest.raises(ValueError, match="must divide the model's 28 attention heads"):
+        refuse_heads(28, 8)  # Qwen2.5-VL-7B at S = 8
+    refuse_heads(28, 4)
+
+
 def test_padded_width() -> None:
     assert [padded_width(w, 2) for w in (1, 2, 7, 8)] == [2, 2, 8, 8]
     assert padded_width(7, 4) == 8
@@ -88,7 +96,9 @@ def test_two_sequence_ranks_equal_one(family: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert sorted(report) == ["plain", "two_pass"]
+    assert sorted(report) == ["plain", "two_pass", "vision_split"]
+    split = report.pop("vision_split")  # the tower alone: split by frames, gathered = whole
+    assert split["rows"] > 0 and split["embeddings"] <= 1e-5 and split["deepstack"] <= 1e-5, split
     for layout, errors in report.items():
         assert errors["missing_grads"] == 0, layout
         assert errors["grad_scale"] > 1e-3, layout  # the loss reaches the weights
@@ -117,3 +127,21 @@ def test_frame_shares_split_videos_along_time_by_rows() -> None:
     sizes = [len(rows) for rows, _ in frame_shares(torch.tensor([[4, 2, 2]]), 3)]  # type: ignore[union-attr]
     assert sum(sizes) == 16 and min(sizes) >= 4
     assert frame_shares(torch.tensor([[1, 2, 2]]), 2) is None  # fewer patches than ranks: no split
+
+
+def test_pixel_share_copies_this_ranks_rows_only() -> None:
+    """The shares of test_frame_shares_split_videos_along_time_by_rows, read from the videos'
+    own pixel arrays (rows numbered by value) without concatenating them first."""
+    from vidrl.learner.sequence_parallel import SequenceGroup, pixel_share
+
+    videos = [torch.arange(32.0)[:, None], torch.arange(32.0, 56.0)[:, None]]
+    grid = torch.tensor([[2, 4, 4], [3, 2, 4]])
+    firsts = [pixel_share(videos, grid, SequenceGroup(None, index, 2))[:, 0].tolist() for index in (0, 1)]
+    assert firsts == [list(range(32)), [float(r) for r in range(32, 56)]]
+    # a share inside one video, and one across the boundary of two
+    one = [torch.arange(16.0)[:, None]]
+    assert pixel_share(one, torch.tensor([[4, 2, 2]]), SequenceGroup(None, 1, 2))[:, 0].tolist() == list(
+        range(8, 16)
+    )
+    three = pixel_share(videos, grid, SequenceGroup(None, 1, 3))[:, 0].tolist()
+    assert three == list(range(int(three[0]), int(three[-1]) + 1)) and three[0] < 32 < three[-1]

@@ -46,6 +46,7 @@ from vidrl.learner.sequence_parallel import (
     SequenceGroup,
     gather_rows,
     padded_width,
+    pixel_share,
     sliced_text_inputs,
     split_vision_tower,
 )
@@ -281,13 +282,13 @@ def _forward_sequence_parallel(
     with (
         scoring_head(model, request),
         sliced_text_inputs(family.text_model(model), group),
-        split_vision_tower(family.vision_tower(model), group),
+        split_vision_tower(family.vision_tower(model), group, given_share=True),
     ):
         outputs = model(
             input_ids=input_ids.to(device),
             position_ids=position_ids.to(device),
             attention_mask=None,
-            **video_arguments(vision, device),
+            **video_arguments(vision, device, group),
             logits_to_keep=0,  # every column of this rank's slice
             use_cache=False,
             sequence_group=group,
@@ -342,19 +343,24 @@ def _stack_rows(rows: Sequence[torch.Tensor], fill: float | bool) -> torch.Tenso
     return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=fill)
 
 
-def video_arguments(vision: Sequence[VisionInputs | None], device: torch.device) -> dict[str, Any]:
+def video_arguments(
+    vision: Sequence[VisionInputs | None], device: torch.device, group: SequenceGroup | None = None
+) -> dict[str, Any]:
     """The videos of a batch as the model's forward takes them, on `device`: pixels
     [sum of patches, D] and grids [videos, 3]; or, where a frozen tower already encoded them
     (learner.freeze_vision), its outputs as `mm_encoder_outputs` with the grids; nothing
-    without video."""
+    without video. With a sequence `group`, the pixels are this rank's share of the frames
+    (`pixel_share`: the tower runs under `split_vision_tower(..., given_share=True)`)."""
     videos = [video for video in vision if video is not None]
     if not videos:
         return {}
-    grids = torch.cat([torch.as_tensor(v.video_grid_thw).long() for v in videos]).to(device)
+    grids = torch.cat([torch.as_tensor(v.video_grid_thw).long() for v in videos])
     encoded = [v.encoded for v in videos if v.encoded is not None]
     if not encoded:
-        pixels = torch.cat([torch.as_tensor(v.pixel_values_videos) for v in videos]).to(device)
-        return {"pixel_values_videos": pixels, "video_grid_thw": grids}
+        pieces = [torch.as_tensor(v.pixel_values_videos) for v in videos]
+        pixels = torch.cat(pieces) if group is None else pixel_share(pieces, grids, group)
+        return {"pixel_values_videos": pixels.to(device), "video_grid_thw": grids.to(device)}
+    grids = grids.to(device)
     if len(encoded) != len(videos):
         raise ValueError("a batch mixes encoded videos with videos to encode: encode every video of the step")
     layers = len(encoded[0].deepstack)

@@ -90,6 +90,15 @@ def refuse_family(family_name: str, prefix_sharing: str, size: int) -> None:
         )
 
 
+def refuse_heads(heads: int, size: int) -> None:
+    """A clear error where the attention heads cannot be dealt out to the ranks."""
+    if heads % size:
+        raise ValueError(
+            f"learner.sequence_parallel_size {size} must divide the model's {heads} attention heads: "
+            "each rank of a sequence group attends with heads / sequence_parallel_size of them"
+        )
+
+
 # ---------------------------------------------------------------- collectives with gradients
 
 
@@ -246,12 +255,33 @@ def frame_shares(grid_thw: Tensor, size: int) -> list[tuple[Tensor, Tensor]] | N
     return shares
 
 
+def pixel_share(pixels: list[Tensor], grid_thw: Tensor, group: SequenceGroup) -> Tensor:
+    """This rank's rows of the videos' pixels [rows_v, D] (concatenated in order), copied alone:
+    the whole batch's pixels (float32 patches, the largest input per frame) are never
+    concatenated on a rank that encodes a share of them. All rows where the tower is not split."""
+    shares = frame_shares(grid_thw, group.size)
+    if shares is None:
+        return torch.cat(pixels)
+    rows = shares[group.index][0]
+    first, last = int(rows[0]), int(rows[-1]) + 1  # a share is one contiguous run of rows
+    pieces, offset = [], 0
+    for video in pixels:
+        start, stop = max(first - offset, 0), min(last - offset, video.shape[0])
+        if start < stop:
+            pieces.append(video[start:stop])
+        offset += video.shape[0]
+    return torch.cat(pieces)
+
+
 @contextlib.contextmanager
-def split_vision_tower(tower: nn.Module | None, group: SequenceGroup) -> Iterator[None]:
+def split_vision_tower(
+    tower: nn.Module | None, group: SequenceGroup, given_share: bool = False
+) -> Iterator[None]:
     """Within this block each rank of `group` runs the vision tower on its share of the frames
     (`frame_shares`) and every rank gets all the embeddings (and DeepStack features), gathered
     with gradients. Fewer temporal patches than ranks (a dummy pass, a one-frame image): every
-    rank encodes all of them, as without sequence parallelism."""
+    rank encodes all of them, as without sequence parallelism. `given_share`: the tower is handed
+    this rank's rows already (`pixel_share`), not the whole batch's."""
     if tower is None:
         yield
         return
@@ -262,9 +292,8 @@ def split_vision_tower(tower: nn.Module | None, group: SequenceGroup) -> Iterato
         if shares is None:
             return original(self, hidden_states, grid_thw=grid_thw, **kwargs)
         rows, grid = shares[group.index]
-        out = original(
-            self, hidden_states[rows.to(hidden_states.device)], grid_thw=grid.to(grid_thw.device), **kwargs
-        )
+        mine = hidden_states if given_share else hidden_states[rows.to(hidden_states.device)]
+        out = original(self, mine, grid_thw=grid.to(grid_thw.device), **kwargs)
         out.pooler_output = gather_rows(out.pooler_output, group)
         if getattr(out, "deepstack_features", None) is not None:
             out.deepstack_features = [gather_rows(f, group) for f in out.deepstack_features]

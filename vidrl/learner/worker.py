@@ -52,7 +52,7 @@ from vidrl.learner.offpolicy import MismatchSums, mismatch_sums
 from vidrl.learner.prefix import pack_group
 from vidrl.learner.process_group import Rendezvous, join, pick_rendezvous
 from vidrl.learner.schedule import lr_lambda
-from vidrl.learner.sequence_parallel import new_sequence_groups, refuse_family
+from vidrl.learner.sequence_parallel import new_sequence_groups, refuse_family, refuse_heads
 from vidrl.learner.types import (
     EncodedVideo,
     LossSums,
@@ -137,6 +137,8 @@ class LearnerWorker:
             self.model_path, self.attention, self.cfg, self.device, torch.float32, seed=self.seed
         )
         self.config = self.model.config
+        text_config = getattr(self.config, "text_config", self.config)
+        refuse_heads(text_config.num_attention_heads, self.cfg.sequence_parallel_size)
         self.frozen_names: set[str] = set()  # the tower's parameters, left out of later pushes
         if self.cfg.freeze_vision:
             freeze_tower(self.model)
