@@ -43,10 +43,18 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_colum
 
 
 def host_malloc_settings(text: str) -> HostMallocSettings:
-    """learner.host_malloc from "mmap=BYTES|none,trim=never|microbatch|step" (either part may go)."""
+    """learner.host_malloc from "mmap=BYTES|none,trimbytes=BYTES|tied,trim=never|microbatch|step"
+    (any part may go: mmap none, trimbytes the default, trim never; tied: the mmap threshold's)."""
     fields = dict(part.split("=") for part in text.split(",") if part)
     mmap = fields.get("mmap", "none")
     return HostMallocSettings(
         mmap_threshold_bytes=None if mmap == "none" else int(mmap),
+        trim_threshold_bytes=_trim_bytes(fields.get("trimbytes")),
         trim_every=fields.get("trim", "never"),
     )
+
+
+def _trim_bytes(text: str | None) -> int | None:
+    if text is None:
+        return HostMallocSettings().trim_threshold_bytes
+    return None if text == "tied" else int(text)

@@ -71,3 +71,37 @@ def test_freed_temporaries_leave_the_process() -> None:
     fixed = run_pattern()
     assert fixed["held_free"] < 16
     assert fixed["resident"] < live + 16
+
+
+class RecordingLibc:
+    """Records mallopt's calls (glibc's own are process-wide and cannot be read back)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, option: int, value: int) -> int:
+        self.calls.append((option, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        return 1
+
+
+def test_the_trim_threshold_is_set_apart_from_the_mmap_threshold() -> None:
+    from vidrl.learner.config import HostMallocSettings
+    from vidrl.learner.memory import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, HostMalloc
+
+    libc = RecordingLibc()
+    assert HostMalloc(HostMallocSettings(mmap_threshold_bytes=4 << 20, trim_threshold_bytes=128 << 20)).apply(
+        libc
+    )
+    assert libc.calls == [(M_MMAP_THRESHOLD, 4 << 20), (M_TRIM_THRESHOLD, 128 << 20)]
+    libc = RecordingLibc()
+    HostMalloc(HostMallocSettings(mmap_threshold_bytes=4 << 20, trim_threshold_bytes=None)).apply(libc)
+    assert libc.calls == [
+        (M_MMAP_THRESHOLD, 4 << 20),
+        (M_TRIM_THRESHOLD, 4 << 20),
+    ]  # tied, as glibc ties them
+    libc = RecordingLibc()
+    HostMalloc(HostMallocSettings(mmap_threshold_bytes=None)).apply(libc)
+    assert libc.calls == []  # glibc's adaptive rule

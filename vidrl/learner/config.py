@@ -38,8 +38,11 @@ class HostMallocSettings(StrictConfig):
     the figures behind the defaults are in vidrl.learner.memory."""
 
     mmap_threshold_bytes: int | None = Field(4 << 20, ge=4096)
-    """Host allocations of at least this size get a mapping of their own, unmapped when freed (the
-    trim threshold is set to the same value). None: glibc's adaptive threshold."""
+    """Host allocations of at least this size get a mapping of their own, unmapped when freed.
+    None: glibc's adaptive threshold."""
+    trim_threshold_bytes: int | None = Field(128 << 20, ge=4096)
+    """Free memory at the top of the heap beyond this is handed back at once (below it, kept for
+    the next micro-batch); None: the mmap threshold (glibc's own rule ties them)."""
     trim_every: Literal["never", "microbatch", "step"] = "never"
     """Hand every free page of the heap back (malloc_trim) after each micro-batch, each step, or never."""
 
