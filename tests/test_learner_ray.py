@@ -372,7 +372,8 @@ def test_sequence_parallel_ranks_make_one_ranks_update(
 ) -> None:
     """Two ranks splitting every micro-batch's tokens (Ulysses, S = 2) make the update one rank
     makes alone: two updates per step, KL to the reference, the learner's own old log-probs,
-    the loss terms and every weight (lr 1, Adam eps 1: the update is about the gradient)."""
+    the loss terms and every weight (lr 1, Adam eps 1: the update is about the gradient); in the
+    plain case the split ranks also run activation checkpointing."""
     from vidrl.learner.group import LearnerGroup
 
     settings: dict[str, object] = {
@@ -383,9 +384,12 @@ def test_sequence_parallel_ranks_make_one_ranks_update(
     }
     results = {}
     for ranks, size in ((1, 1), (2, 2)):
-        learner = LearnerGroup(
-            str(model_dir), gradient_like(num_ranks=ranks, sequence_parallel_size=size, **settings), seed=0
+        # plain: the sequence ranks also recompute their layers (checkpointing), all-to-alls included
+        checkpointing = size > 1 and not shared_prefix
+        cfg = gradient_like(
+            num_ranks=ranks, sequence_parallel_size=size, gradient_checkpointing=checkpointing, **settings
         )
+        learner = LearnerGroup(str(model_dir), cfg, seed=0)
         try:
             first = learner.train_step(groups).metrics  # KL is 0 at the first update: take a second step
             results[size] = (first, learner.train_step(groups).metrics, exported(learner, 2))
