@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -446,54 +446,24 @@ class LearnerWorker:
     # ------------------------------------------------------------------ weights out
 
     def export_weights(self, version: int) -> list[Any]:
-        """Gather each parameter in turn and publish buckets of bounded size from rank 0.
-
-        Every rank takes part in each gather (a collective); only rank 0 keeps the full
-        tensors, and only until its bucket is full: then it is packed, put in the object
-        store and dropped, so beyond the model at most one bucket is held. Shards are cast to
-        the engine's dtype before the gather: half the bytes of float32 masters for a bf16 engine.
-        """
-        import ray
-
-        from vidrl.weights import pack_bucket, split_into_buckets
+        """Publish the weights as buckets from rank 0 (vidrl.learner.export); every rank takes
+        part in the gathers. After the first push a frozen tower stays out (the engines have it)."""
+        from vidrl.learner.export import publish_weights
 
         self.memory.reset()
         self._check_finite(f"weights version {version} is not pushed")
-        refs: list[Any] = []
-        adapter = self._adapter_config()
-        # The engines got the frozen tower with the first push (or from the checkpoint they loaded).
         keeps_vision = self.pushed and bool(self.frozen_names)
-        tensors = self._full_parameters(skip=self.frozen_names if keeps_vision else set())
-        if adapter is not None:  # LoRA: the adapter alone travels, under PEFT's names
-            from vidrl.learner.lora import peft_tensors
-
-            tensors = peft_tensors(tensors)
-        for group in split_into_buckets(tensors, self.cfg.weight_bucket_bytes):
-            if self.rank == 0:
-                refs.append(ray.put(pack_bucket(version, group, adapter, keeps_vision)))
+        refs = publish_weights(
+            self.model,
+            version,
+            self.rank,
+            self.cfg,
+            self.model_path,
+            self.export_dtype,
+            skip=self.frozen_names if keeps_vision else set(),
+        )
         self.pushed = True
         return refs
-
-    def _adapter_config(self) -> str | None:
-        """adapter_config.json of the LoRA adapter (None: full fine-tuning)."""
-        if self.cfg.lora is None:
-            return None
-        from vidrl.learner.lora import adapter_config_json
-
-        return adapter_config_json(self.cfg.lora, self.model_path)
-
-    def _full_parameters(self, skip: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every parameter but those in `skip` gathered in turn (only LoRA's adapters under
-        LoRA), on rank 0."""
-        from vidrl.learner.lora import is_adapter
-
-        nothing = torch.empty(0)
-        for name, param in self.model.named_parameters():
-            if (self.cfg.lora is not None and not is_adapter(name)) or name in skip:
-                continue
-            cast = param.detach() if self.export_dtype is None else param.detach().to(self.export_dtype)
-            full = cast.full_tensor() if hasattr(cast, "full_tensor") else cast
-            yield name, full.to("cpu") if self.rank == 0 else nothing
 
     # ------------------------------------------------------------------ checkpoints
 
