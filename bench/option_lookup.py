@@ -14,10 +14,12 @@ and measures accuracy on 200 fixed four-option questions every 100 steps:
                two to four: the one-comparison case first
 
 Why it matters: an answer needs the letter of the option whose text matches, which a transformer
-finds by binding each option's text to the letter two tokens before it, then matching; trained
-only on the whole task, the loss sits at ln 4 (the gradient through the unformed binding is near
-zero). The prompts are the bare question and options ("short", 32 tokens) or the whole chat prompt
-with the system turn and the instruction ("chat", 117 tokens); no video tokens in either.
+finds by binding each option's text to the letter two tokens before it, then matching. Trained
+only on the whole task, the loss sits at ln 4; our reading (not measured): while neither step is
+formed, neither gets a useful gradient, and two options make one comparison enough to start.
+
+The prompts are the bare question and options ("short", 32 tokens) or the whole chat prompt with
+the system turn and the instruction ("chat", 117 tokens); no video tokens in either.
 """
 
 from __future__ import annotations
