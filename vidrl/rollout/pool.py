@@ -17,7 +17,9 @@ Faults: a worker whose call fails (the actor died, or its engine raised) or does
 within its deadline (`rollout.generate_timeout_seconds`, `update_timeout_seconds`: a hung or
 stopped engine) is reported with its index and the cause, killed, started afresh, given the last
 published weights, and its share of the call is retried once; a second failure raises
-`RolloutWorkerError`.
+`RolloutWorkerError`, as does a worker lost while the pool starts. A worker whose engine cannot
+start (its constructor raised: a model or setting it cannot load) is a RuntimeError, which the
+job does not retry: a fresh worker would meet it again.
 
 Threads: one `generate` and one `update_weights` may run at once (the driver overlaps the
 rollout of step t+1 with the update of step t). Calls are submitted under a lock and Ray
@@ -102,6 +104,9 @@ class RolloutPool:
                 ray.get(worker.weights_version.remote(), timeout=cfg.start_timeout_seconds)
             except (RayError, GetTimeoutError) as err:
                 self.shutdown()
+                if getattr(err, "actor_init_failed", False):  # the engine's constructor raised
+                    cause = _cause(err)
+                    raise RuntimeError(f"rollout worker {index} could not start its engine: {cause}") from err
                 raise RolloutWorkerError(index, _cause(err)) from err
 
     @property
