@@ -1,6 +1,7 @@
 """Can the tiny model turn a word it knows into an option letter? Text alone, no video.
 
     .venv/bin/python bench/option_lookup.py [--steps 1500] [--lr 1e-3] [--out F.json]
+        [--prompts short chat] [--arms four curriculum] [--model DIR | --wider]
 
 The seeing model (vidrl/assets/tiny_seeing_qwen2_5_vl) answers open questions from its frames
 but multiple choice at chance. This isolates the step between the two: "Which option says
@@ -20,25 +21,34 @@ formed, neither gets a useful gradient, and two options make one comparison enou
 
 The prompts are the bare question and options ("short", 32 tokens) or the whole chat prompt with
 the system turn and the instruction ("chat", 117 tokens); no video tokens in either.
+
+`--wider` asks whether capacity alone breaks the wall: a fresh (untrained) tiny Qwen2.5-VL whose
+language model is 256 wide with 6 layers of 8 heads (WIDER; the seeing model's is 128 wide, 4
+layers of 4), same tokenizer. `--model` takes any other model folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vidrl.cluster.pretrain import SEEING_MODEL, Batcher
+from vidrl.cluster.pretrain import SEEING_MODEL, SEEING_SHAPE, Batcher
 from vidrl.data.prompts import SYSTEM_DIRECT
 from vidrl.data.synth import COLOURS
+from vidrl.data.tiny import build_tiny_model
 
 BATCH = 32
 EVAL_QUESTIONS = 200
 LETTERS = "ABCD"
+WIDER = SEEING_SHAPE.model_copy(
+    update={"text_hidden_size": 256, "text_layers": 6, "text_heads": 8, "text_intermediate_size": 512}
+)
 
 
 def question(rng: np.random.Generator, options: int, batcher: Batcher, chat: bool) -> tuple[list[int], str]:
@@ -82,15 +92,17 @@ def options_at(step: int, steps: int, curriculum: bool) -> tuple[int, ...]:
     return (2,) if step < steps // 5 else (2, 3)
 
 
-def run_arm(curriculum: bool, chat: bool, steps: int, lr: float) -> list[tuple[int, float]]:
+def run_arm(
+    curriculum: bool, chat: bool, steps: int, lr: float, model_dir: Path = SEEING_MODEL
+) -> list[tuple[int, float]]:
     """Accuracy on the fixed four-option questions before training and every 100 steps."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(0)
-    batcher = Batcher(SEEING_MODEL)
-    model = AutoModelForImageTextToText.from_pretrained(SEEING_MODEL, dtype=torch.float32)
+    batcher = Batcher(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     held = [question(np.random.default_rng([99, i]), 4, batcher, chat) for i in range(EVAL_QUESTIONS)]
     wanted = torch.tensor([LETTERS.index(letter) for _, letter in held])
 
@@ -128,14 +140,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--prompts", nargs="+", choices=("short", "chat"), default=["short", "chat"])
+    parser.add_argument("--arms", nargs="+", choices=("four", "curriculum"), default=["four", "curriculum"])
+    parser.add_argument("--model", type=Path, default=SEEING_MODEL)
+    parser.add_argument("--wider", action="store_true", help="a fresh model of shape WIDER instead")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    results: dict[str, Any] = {"steps": args.steps, "lr": args.lr, "arms": {}}
+    if args.wider:
+        args.model = build_tiny_model(Path(tempfile.mkdtemp(prefix="option-lookup-")), shape=WIDER)
+    results: dict[str, Any] = {"steps": args.steps, "lr": args.lr, "model": str(args.model), "arms": {}}
     for prompt in args.prompts:
-        for curriculum in (False, True):
+        for curriculum in (arm == "curriculum" for arm in args.arms):
             started = time.perf_counter()
-            curve = run_arm(curriculum, prompt == "chat", args.steps, args.lr)
+            curve = run_arm(curriculum, prompt == "chat", args.steps, args.lr, args.model)
             name = f"{prompt}/{'curriculum' if curriculum else 'four'}"
             results["arms"][name] = {"curve": curve, "seconds": round(time.perf_counter() - started, 1)}
     print(f"{'arm':<20} {'start':>6} {'best':>6} {'last':>6}")
