@@ -101,25 +101,32 @@ def items(batcher: Batcher, steps: int, seed: int) -> Iterator[tuple[str, Clip, 
             yield render_prompt(sample, prompt_cfg, templater), clip, THINK, target
 
 
-def loss_of(model: Any, batcher: Batcher, batch: list[tuple[str, Clip, str, str]]) -> Any:
+def by_prefix(model_dir: Path) -> dict[str, Batcher]:
+    """A Batcher for each prefix its rows end the prompt with (`<answer>`, `<think>`)."""
+    batchers = {}
+    for prefix in (ANSWER, THINK):
+        batchers[prefix] = Batcher(model_dir)
+        batchers[prefix].prefix = batchers[prefix].ids(prefix)
+    return batchers
+
+
+def loss_of(model: Any, batchers: dict[str, Batcher], batch: list[tuple[str, Clip, str, str]]) -> Any:
     """The answer loss of each prefix's rows, weighted by their number."""
     total = 0.0
-    for prefix in (ANSWER, THINK):
+    for prefix, batcher in batchers.items():
         rows = [(prompt, clip, target) for prompt, clip, p, target in batch if p == prefix]
         if rows:
-            batcher.prefix = batcher.ids(prefix)
             encoded = batcher.encode(rows)
             total = total + answer_loss(model(**encoded.model_inputs).logits, encoded.labels) * len(rows)
-    batcher.prefix = batcher.ids(ANSWER)
     return total / len(batch)
 
 
 def held_out(model: Any, batcher: Batcher, samples: list[Sample], clips: dict[str, Clip]) -> dict[str, float]:
-    """Greedy answers to the held-out multiple-choice questions: letter accuracy, words accuracy."""
+    """Greedy answers to the held-out multiple-choice questions (`batcher` ends each prompt with
+    `<think>`): letter accuracy, words accuracy."""
     import torch
 
     prompt_cfg = PromptConfig(think=False)
-    batcher.prefix = batcher.ids(THINK)
     letters, words = [], []
     for sample in samples:
         encoded = batcher.encode(
@@ -131,7 +138,6 @@ def held_out(model: Any, batcher: Batcher, samples: list[Sample], clips: dict[st
         letter = re.search(r"<answer>\s*([A-D])", text)
         letters.append(bool(letter) and letter.group(1) == sample.answer)
         words.append(text.split("</think>")[0].strip() == words_of(sample))
-    batcher.prefix = batcher.ids(ANSWER)
     return {"mcq": round(float(np.mean(letters)), 4), "words": round(float(np.mean(words)), 4)}
 
 
@@ -148,7 +154,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
-    batcher = Batcher(SEEING_MODEL)
+    batchers = by_prefix(SEEING_MODEL)
+    batcher = batchers[ANSWER]
     model = AutoModelForImageTextToText.from_pretrained(SEEING_MODEL, dtype=torch.float32)
     data = held_out_data(Path(tempfile.mkdtemp(prefix="word-then-letter-")), PretrainConfig())
     samples = [s for s in _test_samples(data) if s.task == "mcq"]
@@ -157,7 +164,7 @@ def main() -> None:
 
     def measure(step: int) -> dict[str, Any]:
         model.eval()
-        row = {"step": step, **held_out(model, batcher, samples, clips)}
+        row = {"step": step, **held_out(model, batchers[THINK], samples, clips)}
         row["open"] = open_question_scores(model, batcher, OPEN_VIDEOS, OPEN_SEED, radius)
         model.train()
         print(json.dumps(row), flush=True)
@@ -171,7 +178,7 @@ def main() -> None:
         warm = min(1.0, (step + 1) / 20)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * warm * (0.1 + 0.45 * (1 + np.cos(np.pi * step / args.steps)))
-        loss = loss_of(model, batcher, [next(stream) for _ in range(PER_STEP)])
+        loss = loss_of(model, batchers, [next(stream) for _ in range(PER_STEP)])
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
