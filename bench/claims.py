@@ -3,11 +3,14 @@
 Run: `.venv/bin/python bench/claims.py [--seeds 0 1 2] [--out bench_results/claims.json]`
 (CPU; nothing is downloaded; see docs/benchmarks.md for the time it takes).
 
-Every seed s builds its own tiny model (initialised with s) and its own SFT warm start (sample
-order s) on the demo's dataset (the same videos for every seed), then trains every arm from
-that warm start with seed s (prompt order, rollout sampling) and the demo's GRPO settings:
+Every seed s starts from the demo's base, the committed tiny model that sees (one build: its
+pretraining takes 23 minutes), and trains its own SFT warm start (sample order s) on the demo's
+dataset (the same videos for every seed), then trains every arm from that warm start with seed
+s (prompt order, rollout sampling) and the demo's GRPO settings:
 
   dual       GRPO on the full training set, format + IoU + accuracy (the demo's run)
+  sft_budget SFT continued on the full training set for the GRPO budget (the same steps and
+             prompts per step): the SFT that saw as much as GRPO did
   iou_only   the same, but the content reward is IoU alone (mcq answers earn the format term only)
   acc_only   the same, accuracy alone (tvg answers earn the format term only)
   selected   `vidrl select` on the warm start (K responses per sample), the top half by reward
@@ -18,7 +21,8 @@ that warm start with seed s (prompt order, rollout sampling) and the demo's GRPO
              only and was then asked multiple-choice questions (MVBench)
   tvg_grpo   GRPO on those grounding samples, the same steps and prompts per step
 
-Each arm is evaluated greedily on every held-out sample with the run's own evaluation. The
+Each arm is evaluated greedily on every held-out sample with the run's own evaluation, and on
+the demo's out-of-distribution split (longer videos) with the `vidrl eval` harness. The
 claims, each a comparison of two arms in a stated direction (`CLAIMS`), are tabulated with
 both arms' mean ± sample standard deviation over the seeds, the difference per seed, and in
 how many seeds the claimed direction held (strictly). Nothing is averaged away: a claim that
@@ -39,14 +43,14 @@ from typing import Any, NamedTuple
 
 from vidrl.cluster.build import ray_session
 from vidrl.cluster.config import RunConfig, load_run_config
+from vidrl.cluster.eval_job import evaluate_models, load_eval_set
 from vidrl.cluster.job import train, warm_start
 from vidrl.cluster.select_job import run_select
 from vidrl.data.readers import load_samples, write_samples
 from vidrl.data.sample import Sample
 from vidrl.data.skips import SkipLog
-from vidrl.data.synth import SynthResult, synthesize
-from vidrl.data.tiny import build_tiny_model
-from vidrl.demo import DEMO_OVERRIDES, DEMO_TEST_FRACTION, DEMO_VIDEOS
+from vidrl.data.synth import SynthResult
+from vidrl.demo import DEMO_OVERRIDES, demo_data, distinct_intervals, seeing_base
 
 FORMAT = "{name: format, fn: format_reward, weight: 0.5, kwargs: {grammar: answer_only+task}}"
 IOU = "{name: tvg_iou, fn: tvg_iou, tasks: [tvg], kwargs: {style: any}}"
@@ -71,6 +75,9 @@ class Claim(NamedTuple):
 CLAIMS: tuple[Claim, ...] = (
     Claim("1. GRPO beats its SFT warm start", "mIoU", "dual", "sft"),
     Claim("1. GRPO beats its SFT warm start", "mcq_accuracy", "dual", "sft"),
+    Claim("1. GRPO beats its SFT warm start, out of distribution", "ood_mIoU", "dual", "sft"),
+    Claim("1. GRPO beats SFT of the same budget", "mIoU", "dual", "sft_budget"),
+    Claim("1. GRPO beats SFT of the same budget, out of distribution", "ood_mIoU", "dual", "sft_budget"),
     Claim("2. RL keeps mcq validity, SFT loses it", "invalid_option", "tvg_sft", "tvg_grpo"),
     Claim("2. RL keeps mcq validity, SFT loses it", "mcq_accuracy", "tvg_grpo", "tvg_sft"),
     Claim("3. variance-aware selection beats random", "mIoU", "selected", "random"),
@@ -102,14 +109,20 @@ def base_config(root: Path, model: Path, data: SynthResult, seed: int, *extra: s
     )
 
 
-def arm_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
-    """The held-out numbers the claims compare (percent; `reward` is the mean total)."""
+def arm_metrics(evaluation: dict[str, Any], ood: dict[str, Any], ood_intervals: int) -> dict[str, float]:
+    """The numbers the claims compare (percent; `reward` is the mean total): held-out from the
+    run's evaluation, `ood_*` from the harness's summary on the out-of-distribution split, where
+    `ood_intervals` counts the different intervals the arm answered (few: it answers from the
+    question alone)."""
     return {
         "mIoU": evaluation["tvg"]["mIoU"],
         "R1@0.5": evaluation["tvg"]["R1@0.5"],
         "mcq_accuracy": evaluation["mcq"]["accuracy"],
         "invalid_option": evaluation["mcq"]["invalid_option"],
         "reward": evaluation["reward"],
+        "ood_mIoU": ood["tvg"]["mIoU"],
+        "ood_mcq_accuracy": ood["mcq"]["accuracy"],
+        "ood_intervals": ood_intervals,
     }
 
 
@@ -121,38 +134,54 @@ def quota_policy(samples: Sequence[Sample], keep_fraction: float = 0.5) -> str:
     return f"selection.max_per_task={{{quotas}}}"
 
 
-def run_seed(root: Path, data: SynthResult, seed: int) -> dict[str, dict[str, float]]:
-    """Every arm of one seed; arm -> held-out metrics (`sft` is the warm start)."""
+def run_seed(root: Path, data: SynthResult, ood: Sequence[Sample], seed: int) -> dict[str, dict[str, float]]:
+    """Every arm of one seed; arm -> its numbers (`sft` is the warm start)."""
     root = root / f"seed{seed}"
-    model = build_tiny_model(root / "model", seed=seed)
+    model = seeing_base(root / "model")
     full = load_samples(data.train_yaml, load_run_config(None, list(DEMO_OVERRIDES)).data, SkipLog())
     base = base_config(root, model, data, seed, "run_name=sft", quota_policy(full))
     sft = warm_start(base)
     steps = base.trainer.steps
-
-    def grpo(name: str, train_path: Path, *extra: str) -> dict[str, Any]:
-        overrides = [f"run_name={name}", f"data.train_path={train_path}", "trainer.sft_steps=0"]
-        return train(base_config(root, Path(sft), data, seed, *overrides, *extra))
-
-    results: dict[str, dict[str, Any]] = {}
-    dual = grpo("dual", data.train_yaml)
-    results["sft"], results["dual"] = dual["eval_before"], dual["eval_after"]
-    for name, rewards in REWARDS.items():
-        results[name] = grpo(name, data.train_yaml, *rewards)["eval_after"]
-    selection = run_select(base, root / "selection", model_path=sft, progress=False)
-    chosen = load_samples(selection.selected, base.data)
-    randomly = sorted(random.Random(seed).sample(full, len(chosen)), key=lambda s: s.id)
-    results["selected"] = grpo("selected", selection.selected)["eval_after"]
-    results["random"] = grpo("random", write_samples(root / "random.jsonl", randomly))["eval_after"]
-    tvg = write_samples(root / "tvg.jsonl", [s for s in full if s.task == "tvg"])
-    results["tvg_grpo"] = grpo("tvg_grpo", tvg)["eval_after"]
     # SFT of the same budget: as many steps, on as many prompts per step, as GRPO had.
     same_budget = [
+        "trainer.steps=0",
         f"trainer.sft_steps={steps}",
         f"trainer.sft_prompts_per_step={base.trainer.prompts_per_step}",
     ]
-    results["tvg_sft"] = grpo("tvg_sft", tvg, "trainer.steps=0", *same_budget)["eval_before"]
-    return {arm: arm_metrics(evaluation) for arm, evaluation in results.items()}
+    results: dict[str, dict[str, Any]] = {}
+    finals: dict[str, str] = {"sft": sft}
+
+    def grpo(name: str, train_path: Path, *extra: str) -> None:
+        overrides = [f"run_name={name}", f"data.train_path={train_path}", "trainer.sft_steps=0"]
+        summary = train(base_config(root, Path(sft), data, seed, *overrides, *extra))
+        if "checkpoint" in summary:  # a GRPO arm: its final model, evaluated after
+            results[name], finals[name] = summary["eval_after"], f"{summary['checkpoint']}/hf"
+        else:  # an SFT arm: the model its warm start wrote, evaluated before (no GRPO step)
+            results[name], finals[name] = summary["eval_before"], str(root / "runs" / name / "sft" / "hf")
+        if name == "dual":
+            results["sft"] = summary["eval_before"]
+
+    grpo("dual", data.train_yaml)
+    grpo("sft_budget", data.train_yaml, *same_budget)
+    for name, rewards in REWARDS.items():
+        grpo(name, data.train_yaml, *rewards)
+    selection = run_select(base, root / "selection", model_path=sft, progress=False)
+    chosen = load_samples(selection.selected, base.data)
+    randomly = sorted(random.Random(seed).sample(full, len(chosen)), key=lambda s: s.id)
+    grpo("selected", selection.selected)
+    grpo("random", write_samples(root / "random.jsonl", randomly))
+    tvg = write_samples(root / "tvg.jsonl", [s for s in full if s.task == "tvg"])
+    grpo("tvg_grpo", tvg)
+    grpo("tvg_sft", tvg, *same_budget)
+    ood_results = evaluate_models(base, finals, ood)
+    return {
+        arm: arm_metrics(
+            results[arm],
+            next(iter(ood_results[arm].values())).summary(),
+            distinct_intervals(ood_results[arm]),
+        )
+        for arm in finals
+    }
 
 
 def compare(claim: Claim, by_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, Any]:
@@ -205,12 +234,14 @@ def main() -> None:
     parser.add_argument("--out", default="bench_results/claims.json")
     args = parser.parse_args()
     root = Path(args.root).resolve()
-    data = synthesize(root / "data", num_videos=DEMO_VIDEOS, seed=0, test_fraction=DEMO_TEST_FRACTION)
+    data, ood_data = demo_data(root, seed=0)
     started = time.perf_counter()
     by_seed: dict[int, dict[str, dict[str, float]]] = {}
-    with ray_session(load_run_config(None, list(DEMO_OVERRIDES))):  # one Ray cluster for every arm
+    cfg = load_run_config(None, list(DEMO_OVERRIDES))
+    ood, _ = load_eval_set(cfg, str(ood_data.test_yaml))
+    with ray_session(cfg):  # one Ray cluster for every arm
         for seed in args.seeds:
-            by_seed[seed] = run_seed(root, data, seed)
+            by_seed[seed] = run_seed(root, data, ood, seed)
     rows = [compare(claim, by_seed) for claim in CLAIMS]
     result = {"seconds": round(time.perf_counter() - started, 1), "arms": by_seed, "claims": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""vidrl.demo without training: the held-out split is large enough per task, the training
-curve's ends and the learning check on hand-made metric rows, and the summary it prints."""
+"""vidrl.demo without training: the held-out and out-of-distribution splits are large enough
+per task, the training curve's ends and the learning check on hand-made metric rows, the count
+of different intervals, and the summary it prints."""
 
 from __future__ import annotations
 
@@ -9,29 +10,73 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vidrl.cluster.pretrain import SEEING_RADIUS
 from vidrl.data.synth import _num_test, ask, plan_scene
 from vidrl.demo import (
     DEMO_TEST_FRACTION,
     DEMO_VIDEOS,
+    OOD_SECONDS,
+    OOD_SEED,
+    OOD_TEST_FRACTION,
+    OOD_VIDEOS,
     REWARD_GAIN,
     SCORE_NOISE,
     DemoReport,
+    distinct_intervals,
     learning_check,
     print_summary,
     training_curve,
 )
 
 
-def test_the_held_out_split_has_at_least_64_questions_per_task() -> None:
-    # The demo's plan (no video encoding needed): the last videos are the test split.
-    first_test = DEMO_VIDEOS - _num_test(DEMO_VIDEOS, DEMO_TEST_FRACTION)
+def split_plan(
+    seed: int, videos: int, fraction: float, seconds: tuple[int, int]
+) -> tuple[Counter[str], list[float]]:
+    """The questions per task and the durations of a split's test videos, from the plan alone
+    (no video encoding needed): the last videos are the test split."""
     counts: Counter[str] = Counter()
-    for i in range(first_test, DEMO_VIDEOS):
-        counts.update(
-            q["task"] for q in ask(plan_scene(0, i, 128, 96, 8, 8, 16), np.random.default_rng([0, i, 1]))
-        )
+    durations = []
+    for i in range(videos - _num_test(videos, fraction), videos):
+        scene = plan_scene(seed, i, 128, 96, 8, *seconds, SEEING_RADIUS)
+        counts.update(q["task"] for q in ask(scene, np.random.default_rng([seed, i, 1])))
+        durations.append(scene.duration)
+    return counts, durations
+
+
+def test_the_held_out_split_has_at_least_64_questions_per_task() -> None:
+    counts, durations = split_plan(0, DEMO_VIDEOS, DEMO_TEST_FRACTION, (8, 16))
     assert set(counts) == {"tvg", "mcq"}
     assert min(counts.values()) >= 64, counts
+    assert max(durations) <= 16
+
+
+def test_the_out_of_distribution_split_is_longer_and_has_40_questions_per_task() -> None:
+    counts, durations = split_plan(OOD_SEED, OOD_VIDEOS, OOD_TEST_FRACTION, OOD_SECONDS)
+    assert set(counts) == {"tvg", "mcq"}
+    assert min(counts.values()) >= 40, counts
+    assert min(durations) >= 20 > 16
+
+
+class Answers:
+    """An evaluation result as far as `distinct_intervals` reads it."""
+
+    def __init__(self, rows: list[dict[str, object]]) -> None:
+        self._rows = rows
+
+    def rows(self) -> list[dict[str, object]]:
+        return self._rows
+
+
+def test_distinct_intervals_counts_the_different_grounding_answers_only() -> None:
+    rows = [
+        {"task": "tvg", "parsed": [1.0, 10.0]},
+        {"task": "tvg", "parsed": [1.0, 10.0]},
+        {"task": "tvg", "parsed": [2.0, 4.5]},
+        {"task": "tvg", "parsed": None},  # unparsed: no interval
+        {"task": "mcq", "parsed": "B"},
+    ]
+    assert distinct_intervals({"no_think": Answers(rows)}) == 2
+    assert distinct_intervals({"no_think": Answers(rows[:2] + rows[3:])}) == 1
 
 
 def rows(reward: list[float], iou: list[float], accuracy: list[float]) -> list[dict[str, float]]:
@@ -75,8 +120,18 @@ def test_the_summary_prints_the_curve_the_check_and_the_table(
         "training_curve": curve,
         "learned": learned,
         "learning_check": why,
-        "eval_table": "metric  after SFT  after GRPO",
-        "eval_samples": {"tvg": 84, "mcq": 70},
+        "evaluation": {
+            "held-out": {
+                "samples": {"tvg": 84, "mcq": 70},
+                "table": "metric  base  after SFT  after GRPO",
+                "distinct_intervals": {"base": 0, "sft": 9, "grpo": 3},
+            },
+            "out-of-distribution": {
+                "samples": {"tvg": 46, "mcq": 41},
+                "table": "metric  base  after SFT  after GRPO",
+                "distinct_intervals": {"base": 0, "sft": 5, "grpo": 1},
+            },
+        },
         "seconds": 1.0,
     }
     print_summary(report)
@@ -85,4 +140,6 @@ def test_the_summary_prints_the_curve_the_check_and_the_table(
     assert lines["reward"] == ["0.500", "0.700", "0.500", "0.700", "+0.200"]
     assert lines["tvg_iou"] == ["0.200", "0.300", "0.200", "0.300", "+0.100"]
     assert "learned visibly: yes (reward +0.200 (>= 0.1), no task's score fell by over 0.1)" in out
-    assert "84 tvg, 70 mcq samples" in out
+    assert "held-out evaluation (greedy, `vidrl eval` harness; 84 tvg, 70 mcq samples)" in out
+    assert "out-of-distribution evaluation (greedy, `vidrl eval` harness; 46 tvg, 41 mcq samples)" in out
+    assert "different intervals answered to the 46 grounding questions: base 0, sft 5, grpo 1" in out

@@ -1,15 +1,17 @@
 """The embedded default job (`make demo`): the whole pipeline on synthetic videos and a tiny
 model, on the local machine, with no downloads.
 
-1. synthesize the dataset (mp4 videos with known event intervals, Temporal-R1 records);
-2. build the tiny Qwen2.5-VL (random weights, local tokenizer and processor);
+1. synthesize the dataset (mp4 videos with known event intervals, Temporal-R1 records) and an
+   out-of-distribution split of longer videos;
+2. copy the tiny Qwen2.5-VL that sees (`vidrl tiny-model --pretrain`'s committed build);
 3. score a spread of responses (perfect, shifted, reversed, no reasoning, garbage) with every
    reward preset: what each reward pays for;
 4. train: SFT warm start (so the tiny model emits the answer format), then GRPO with a vLLM
    rollout worker, the reward actor pool and a 2-rank FSDP2 learner;
-5. evaluate the SFT warm start and the final GRPO checkpoint on every held-out video with the
-   `vidrl eval` harness (one rollout pool: the GRPO weights are pushed into the engine that
-   evaluated the SFT model), all in the Ray cluster that trained;
+5. evaluate the base, the SFT warm start and the final GRPO checkpoint on every held-out and
+   every out-of-distribution video with the `vidrl eval` harness (one rollout pool per split:
+   each model's weights are pushed into the engine that evaluated the one before), all in the
+   Ray cluster that trained;
 6. write the plots and print a summary: the training curve's ends, whether the run learned
    visibly (`learning_check`), and the side-by-side evaluation table.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from vidrl.rewards.types import RewardInput
 
 if TYPE_CHECKING:
     from vidrl.cluster.config import RunConfig
+    from vidrl.data.synth import SynthResult
 
 CURVE_NAMES = {"reward/mean": "reward", "response/length_mean": "length (tokens)"}
 """How the summary names a curve; reward components go by their own names (tvg_iou, ...)."""
@@ -47,6 +51,14 @@ DEMO_VIDEOS = 80
 DEMO_TEST_FRACTION = 0.6
 """32 training videos (107 questions) and 48 held out (84 grounding, 70 multiple choice): enough
 held-out answers per task that a few of them do not swing the table."""
+OOD_VIDEOS = 30
+OOD_TEST_FRACTION = 0.9
+OOD_SECONDS = (20, 32)
+OOD_SEED = 3_000
+"""The out-of-distribution split: videos of 20-32 s where training saw 8-16 s (the same 8
+frames, so each covers 2-3 times as long), as Temporal-R1 tests on ActivityNet after training
+on Charades-STA. Its test part (27 videos) is evaluated; its scenes are planned from seed
+OOD_SEED + the demo's seed, apart from the training and held-out ones."""
 REWARD_GAIN = 0.1
 """How far the training reward's mean over the last steps must rise above the first steps'
 for the demo to call its run a visible learner (`learning_check`)."""
@@ -99,16 +111,18 @@ DEMO_OVERRIDES = (
 
 
 def run_demo(out: Path, seed: int = 0, train: bool = True) -> DemoReport:
-    from vidrl.data.synth import synthesize
-    from vidrl.data.tiny import build_tiny_model
+    from vidrl.cluster.pretrain import SEEING_MODEL
 
     out = out.resolve()
     report = DemoReport(out=out)
     started = time.perf_counter()
-    synth = synthesize(out / "data", num_videos=DEMO_VIDEOS, seed=seed, test_fraction=DEMO_TEST_FRACTION)
-    report.did(f"synthesized {DEMO_VIDEOS} videos with questions into {synth.root}")
-    model_dir = build_tiny_model(out / "model", seed=seed)
-    report.did(f"built the tiny Qwen2.5-VL into {model_dir}")
+    synth, ood = demo_data(out, seed)
+    report.did(
+        f"synthesized {DEMO_VIDEOS} videos with questions into {synth.root}, and "
+        f"{OOD_VIDEOS} longer ones ({OOD_SECONDS[0]}-{OOD_SECONDS[1]} s) into {ood.root}"
+    )
+    model_dir = seeing_base(out / "model")
+    report.did(f"copied the tiny Qwen2.5-VL that sees ({SEEING_MODEL.name}) into {model_dir}")
     samples = load_samples(synth.train_yaml, DataConfig(), SkipLog())
     rows = score_spread(samples[:12])
     scored = out / "scored.jsonl"
@@ -116,11 +130,46 @@ def run_demo(out: Path, seed: int = 0, train: bool = True) -> DemoReport:
     report.did(f"scored {len(rows)} responses with presets {', '.join(PRESETS)} into {scored}")
     report.numbers["mean_reward_by_kind"] = _mean_by_kind(rows)
     if train:
-        _train(report, model_dir, synth.train_yaml, synth.test_yaml, seed)
+        splits = {"held-out": synth.test_yaml, "out-of-distribution": ood.test_yaml}
+        _train(report, model_dir, synth.train_yaml, splits, seed)
     report.numbers["seconds"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(report.numbers, indent=2) + "\n", encoding="utf-8")
     print_summary(report)
     return report
+
+
+def demo_data(out: Path, seed: int) -> tuple[SynthResult, SynthResult]:
+    """The demo's dataset (training and held-out videos) and its out-of-distribution split,
+    drawn with the seeing model's shape sizes, under `out`."""
+    from vidrl.cluster.pretrain import SEEING_RADIUS
+    from vidrl.data.synth import synthesize
+
+    synth = synthesize(
+        out / "data",
+        num_videos=DEMO_VIDEOS,
+        seed=seed,
+        test_fraction=DEMO_TEST_FRACTION,
+        shape_radius=SEEING_RADIUS,
+    )
+    ood = synthesize(
+        out / "data_ood",
+        num_videos=OOD_VIDEOS,
+        seed=OOD_SEED + seed,
+        test_fraction=OOD_TEST_FRACTION,
+        min_seconds=OOD_SECONDS[0],
+        max_seconds=OOD_SECONDS[1],
+        shape_radius=SEEING_RADIUS,
+    )
+    return synth, ood
+
+
+def seeing_base(folder: Path) -> Path:
+    """A copy of the committed tiny model that sees (the runs write beside their model, never
+    into the package); `folder`."""
+    from vidrl.cluster.pretrain import SEEING_MODEL
+
+    shutil.copytree(SEEING_MODEL, folder, dirs_exist_ok=True)
+    return folder
 
 
 def demo_config(model_dir: Path, train_yaml: Path, out: Path, seed: int) -> RunConfig:
@@ -142,7 +191,7 @@ def demo_config(model_dir: Path, train_yaml: Path, out: Path, seed: int) -> RunC
     return load_run_config(None, overrides)
 
 
-def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Path, seed: int) -> None:
+def _train(report: DemoReport, model_dir: Path, train_yaml: Path, splits: dict[str, Path], seed: int) -> None:
     from vidrl.cluster.build import ray_session
     from vidrl.cluster.job import train
     from vidrl.cluster.plots import plot_run, read_metrics
@@ -155,7 +204,7 @@ def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Pat
             f"({cfg.trainer.steps} steps) with 1 vLLM rollout worker, the reward pool and a "
             f"2-rank FSDP2 learner; run directory {cfg.run_dir}"
         )
-        _evaluate(report, cfg, test_yaml)
+        _evaluate(report, cfg, model_dir, splits)
     curve = training_curve(read_metrics(cfg.run_dir))
     report.numbers["training_curve"] = curve
     report.numbers["learned"], report.numbers["learning_check"] = learning_check(curve)
@@ -163,8 +212,9 @@ def _train(report: DemoReport, model_dir: Path, train_yaml: Path, test_yaml: Pat
     report.did(f"wrote plots into {cfg.run_dir / 'plots'}")
 
 
-def _evaluate(report: DemoReport, cfg: RunConfig, test_yaml: Path) -> None:
-    """The SFT warm start and the final GRPO model through the `vidrl eval` harness."""
+def _evaluate(report: DemoReport, cfg: RunConfig, base: Path, splits: dict[str, Path]) -> None:
+    """The base, the SFT warm start and the final GRPO model through the `vidrl eval` harness,
+    on every sample of each split (name -> data yaml)."""
     from vidrl.cluster.eval_job import evaluate_models, load_eval_set, write_eval
     from vidrl.cluster.job import latest_checkpoint
     from vidrl.evaluation.compare import format_table
@@ -172,23 +222,40 @@ def _evaluate(report: DemoReport, cfg: RunConfig, test_yaml: Path) -> None:
     final = latest_checkpoint(cfg)
     if final is None:
         raise RuntimeError(f"{cfg.run_dir}: training left no checkpoint to evaluate")
-    models = {"sft": str(cfg.run_dir / "sft" / "hf"), "grpo": str(final / "hf")}
-    samples, _ = load_eval_set(cfg, str(test_yaml))  # every held-out sample
-    results = evaluate_models(cfg, models, samples)
-    summaries = {
-        name: write_eval(
-            report.out / "eval" / name, by_variant, {"model": models[name], "data": str(test_yaml)}
-        )
-        for name, by_variant in results.items()
-    }
-    where = report.out / "eval"
-    counts = Counter(s.task for s in samples)
-    per_task = ", ".join(f"{n} {task}" for task, n in sorted(counts.items(), reverse=True))
-    report.did(f"evaluated the SFT and GRPO models (greedy, held-out: {per_task}) into {where}")
-    report.numbers["eval_samples"] = dict(counts)
-    report.numbers["evaluation"] = {name: s["variants"] for name, s in summaries.items()}
-    report.numbers["eval_table"] = format_table(
-        {"after SFT": summaries["sft"], "after GRPO": summaries["grpo"]}
+    models = {"base": str(base), "sft": str(cfg.run_dir / "sft" / "hf"), "grpo": str(final / "hf")}
+    columns = {"base": "base", "sft": "after SFT", "grpo": "after GRPO"}
+    for split, data in splits.items():
+        samples, _ = load_eval_set(cfg, str(data))  # every sample of the split
+        results = evaluate_models(cfg, models, samples)
+        where = report.out / "eval" / split.replace("-", "_")
+        summaries = {
+            name: write_eval(where / name, by_variant, {"model": models[name], "data": str(data)})
+            for name, by_variant in results.items()
+        }
+        counts = Counter(s.task for s in samples)
+        per_task = ", ".join(f"{n} {task}" for task, n in sorted(counts.items(), reverse=True))
+        report.did(f"evaluated the base, SFT and GRPO models (greedy, {split}: {per_task}) into {where}")
+        numbers = report.numbers.setdefault("evaluation", {})
+        numbers[split] = {
+            "samples": dict(counts),
+            "distinct_intervals": {
+                name: distinct_intervals(by_variant) for name, by_variant in results.items()
+            },
+            "summaries": {name: s["variants"] for name, s in summaries.items()},
+            "table": format_table({columns[name]: s for name, s in summaries.items()}),
+        }
+
+
+def distinct_intervals(by_variant: dict[str, Any]) -> int:
+    """How many different intervals a model answered to the split's grounding questions: one
+    answer for every video means it answers from the question alone, whatever its mIoU."""
+    return len(
+        {
+            tuple(row["parsed"])
+            for result in by_variant.values()
+            for row in result.rows()
+            if row["task"] == "tvg" and row["parsed"] is not None
+        }
     )
 
 
@@ -317,11 +384,13 @@ def print_summary(report: DemoReport) -> None:
     if "learning_check" in report.numbers:
         verdict = "yes" if report.numbers["learned"] else "NO"
         print(f"  learned visibly: {verdict} ({report.numbers['learning_check']})")
-    table = report.numbers.get("eval_table")
-    if table:
-        counts = ", ".join(f"{n} {task}" for task, n in report.numbers["eval_samples"].items())
-        print(f"\n  held-out evaluation (greedy, `vidrl eval` harness; {counts} samples)")
-        print("\n".join(f"  {line}" for line in table.splitlines()))
+    for split, numbers in report.numbers.get("evaluation", {}).items():
+        counts = ", ".join(f"{n} {task}" for task, n in numbers["samples"].items())
+        print(f"\n  {split} evaluation (greedy, `vidrl eval` harness; {counts} samples)")
+        print("\n".join(f"  {line}" for line in numbers["table"].splitlines()))
+        distinct = ", ".join(f"{name} {n}" for name, n in numbers["distinct_intervals"].items())
+        tvg = numbers["samples"].get("tvg", 0)
+        print(f"  different intervals answered to the {tvg} grounding questions: {distinct}")
     for path in report.numbers.get("plots", []):
         print(f"  plot: {path}")
     print(f"\n  took {report.numbers['seconds']} s; summary in {report.out / 'summary.json'}")
