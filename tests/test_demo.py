@@ -125,11 +125,13 @@ def test_the_summary_prints_the_curve_the_check_and_the_table(
                 "samples": {"tvg": 84, "mcq": 70},
                 "table": "metric  base  after SFT  after GRPO",
                 "distinct_intervals": {"base": 0, "sft": 9, "grpo": 3},
+                "blind_best": {"mIoU": 32.1, "interval": [3.0, 9.5]},
             },
             "out-of-distribution": {
                 "samples": {"tvg": 46, "mcq": 41},
                 "table": "metric  base  after SFT  after GRPO",
                 "distinct_intervals": {"base": 0, "sft": 5, "grpo": 1},
+                "blind_best": {"mIoU": 20.5, "interval": [4.0, 16.5]},
             },
         },
         "seconds": 1.0,
@@ -143,3 +145,4 @@ def test_the_summary_prints_the_curve_the_check_and_the_table(
     assert "held-out evaluation (greedy, `vidrl eval` harness; 84 tvg, 70 mcq samples)" in out
     assert "out-of-distribution evaluation (greedy, `vidrl eval` harness; 46 tvg, 41 mcq samples)" in out
     assert "different intervals answered to the 46 grounding questions: base 0, sft 5, grpo 1" in out
+    assert "the best one interval for all of them (3.0 to 9.5 s) scores mIoU 32.1" in out

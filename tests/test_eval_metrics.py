@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vidrl.evaluation.metrics import accuracy, grounding_metrics, temporal_iou
+from vidrl.evaluation.metrics import accuracy, blind_best, grounding_metrics, temporal_iou
 from vidrl.evaluation.report import compute_metrics, main_metrics
 
 
@@ -217,3 +217,14 @@ def test_main_metrics_prints_one_json_object(tmp_path: Path) -> None:
     assert [error["line"] for error in summary["errors"]] == [2, 5, 6]  # file line numbers
     assert summary["errors"][0]["reason"].startswith("not JSON")
     assert summary["errors"][2]["reason"] == "not UTF-8 text"
+
+
+def test_blind_best_is_the_best_single_interval_on_the_grid() -> None:
+    # Both answers are [0, 2]: answering [0, 2] to each scores IoU 1.
+    assert blind_best([(0.0, 2.0), (0.0, 2.0)], longest=2.0, grid=1.0) == (100.0, (0.0, 2.0))
+    # [0, 1] and [2, 3]: one of them exactly (IoU 1 and 0) averages 0.5; [0, 3] gets 1/3 each,
+    # [0, 2] 0.5 and 0 -> 0.25. The tie between [0, 1] and [2, 3] goes to the first on the grid.
+    assert blind_best([(0.0, 1.0), (2.0, 3.0)], longest=3.0, grid=1.0) == (50.0, (0.0, 1.0))
+    # Off-grid answers: [0.5, 1.5] against the grid's [0, 1] and [1, 2] (IoU 1/3), [0, 2] (1/2).
+    assert blind_best([(0.5, 1.5)], longest=2.0, grid=1.0) == (50.0, (0.0, 2.0))
+    assert blind_best([], longest=5.0) == (0.0, (0.0, 0.0))

@@ -60,6 +60,23 @@ def grounding_metrics(ious: Sequence[float]) -> dict[str, float | int]:
     return metrics
 
 
+def blind_best(truths: Sequence[Interval], longest: float, grid: float = 0.5) -> tuple[float, Interval]:
+    """The best mIoU (percent) that one interval answered to every question reaches, and that
+    interval: the ceiling of a model that answers from the question alone, found over every
+    interval with ends on a `grid`-second grid in [0, longest]. Measured on the answers
+    themselves, so no blind model does better on them (up to the grid)."""
+    if not truths:
+        return 0.0, (0.0, 0.0)
+    ends = [i * grid for i in range(math.floor(longest / grid) + 1)]
+    best, chosen = -1.0, (0.0, 0.0)
+    for i, start in enumerate(ends):
+        for end in ends[i + 1 :]:
+            total = sum(interval_iou((start, end), truth) for truth in truths)
+            if total > best:  # the first best in grid order: the same interval on every run
+                best, chosen = total, (start, end)
+    return _percent(best, len(truths)), chosen
+
+
 def accuracy(preds: Sequence[str | None], answers: Sequence[str]) -> float:
     """Percent of predictions equal to their answer; None (unparsed) is wrong; empty gives 0.
 
