@@ -20,15 +20,14 @@ themselves).
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fine_tune import fine_tune, fine_tune_parser, write_result
 
 from vidrl.cluster.pretrain import (
     OPEN_SEED,
@@ -133,14 +132,7 @@ def main() -> None:
     from vidrl.cluster.pretrain import HELD_OUT_TEST_FRACTION, HELD_OUT_VIDEOS
     from vidrl.data.synth import _num_test
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = fine_tune_parser(__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     batcher = Batcher(SEEING_MODEL)
@@ -160,41 +152,19 @@ def main() -> None:
     print(json.dumps(header), flush=True)
 
     def measure(step: int) -> dict[str, Any]:
-        model.eval()
-        row: dict[str, Any] = {"step": step}
-        for name, asked in prompts.items():
-            row[name] = scored(greedy_intervals(model, batcher, asked), truths)
-        row["open"] = open_question_scores(model, batcher, OPEN_VIDEOS, OPEN_SEED, cfg.shape_radius)
-        model.train()
-        print(json.dumps(row), flush=True)
-        return row
+        row = {
+            name: scored(greedy_intervals(model, batcher, asked), truths) for name, asked in prompts.items()
+        }
+        return row | {"open": open_question_scores(model, batcher, OPEN_VIDEOS, OPEN_SEED, cfg.shape_radius)}
 
-    curve, started = [measure(0)], time.perf_counter()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     stream = items(batcher, args.seed)
-    model.train()
-    for step in range(args.steps):
-        warm = min(1.0, (step + 1) / 20)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * warm * (0.1 + 0.45 * (1 + np.cos(np.pi * step / args.steps)))
+
+    def step_loss() -> Any:
         encoded = batcher.encode([next(stream) for _ in range(PER_STEP)])
-        loss = answer_loss(model(**encoded.model_inputs).logits, encoded.labels)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if (step + 1) % args.every == 0:
-            curve.append(measure(step + 1) | {"loss": round(float(loss), 4)})
-    result = {
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "questions": len(samples),
-        "blind_best_mIoU": blind,
-        "blind_best": interval,
-        "curve": curve,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        return answer_loss(model(**encoded.model_inputs).logits, encoded.labels)
+
+    curve, seconds = fine_tune(model, args, step_loss, measure)
+    write_result(args, {**header, "curve": curve, "seconds": seconds})
 
 
 def _held_out_scene(index: int, radius: tuple[int, int]) -> Scene:

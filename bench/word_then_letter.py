@@ -22,17 +22,15 @@ the report measures them, to see what the fine-tuning costs.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fine_tune import fine_tune, fine_tune_parser, write_result
 
 from vidrl.cluster.pretrain import (
     OPEN_SEED,
@@ -145,14 +143,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForImageTextToText
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    args = fine_tune_parser(__doc__.splitlines()[0]).parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     batchers = by_prefix(SEEING_MODEL)
     batcher = batchers[ANSWER]
@@ -163,32 +155,14 @@ def main() -> None:
     radius = PretrainConfig().shape_radius
 
     def measure(step: int) -> dict[str, Any]:
-        model.eval()
-        row = {"step": step, **held_out(model, batchers[THINK], samples, clips)}
-        row["open"] = open_question_scores(model, batcher, OPEN_VIDEOS, OPEN_SEED, radius)
-        model.train()
-        print(json.dumps(row), flush=True)
-        return row
+        row = held_out(model, batchers[THINK], samples, clips)
+        return row | {"open": open_question_scores(model, batcher, OPEN_VIDEOS, OPEN_SEED, radius)}
 
-    curve, started = [measure(0)], time.perf_counter()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     stream = items(batcher, args.steps, args.seed)
-    model.train()
-    for step in range(args.steps):
-        warm = min(1.0, (step + 1) / 20)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * warm * (0.1 + 0.45 * (1 + np.cos(np.pi * step / args.steps)))
-        loss = loss_of(model, batchers, [next(stream) for _ in range(PER_STEP)])
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if (step + 1) % args.every == 0:
-            curve.append(measure(step + 1) | {"loss": round(float(loss), 4)})
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "questions": len(samples), "curve": curve}
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    curve, seconds = fine_tune(
+        model, args, lambda: loss_of(model, batchers, [next(stream) for _ in range(PER_STEP)]), measure
+    )
+    write_result(args, {"questions": len(samples), "curve": curve, "seconds": seconds})
 
 
 if __name__ == "__main__":
