@@ -30,11 +30,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
-    pretrain.SEEING_SHAPE = WIDER  # read by pretrain_tiny_model when it builds the model
     cfg = pretrain.PretrainConfig(steps=args.steps)
-    report = pretrain.pretrain_tiny_model(
-        args.out, cfg, pretrain.held_out_data(args.out / "held_out_data", cfg)
-    )
+    held_out = pretrain.held_out_data(args.out / "held_out_data", cfg)
+    report = pretrain.pretrain_tiny_model(args.out, cfg, held_out, shape=WIDER)
     print(json.dumps({k: report[k] for k in ("parameters", "train_seconds", "open_questions", "held_out")}))
 
 

@@ -216,20 +216,22 @@ def held_out_data(folder: Path, cfg: PretrainConfig, seed: int = 0) -> Path:
     ).root
 
 
-def pretrain_tiny_model(out_dir: Path, cfg: PretrainConfig, held_out: Path | None = None) -> dict[str, Any]:
-    """Build the tiny model into `out_dir`, pretrain it, save it there with its report.
+def pretrain_tiny_model(
+    out_dir: Path, cfg: PretrainConfig, held_out: Path | None = None, shape: TinyQwenShape = SEEING_SHAPE
+) -> dict[str, Any]:
+    """Build the tiny model of `shape` into `out_dir`, pretrain it, save it there with its report.
 
     `held_out`: the synth dataset folder whose test split measures it (None: none measured)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     started = time.perf_counter()
-    build_tiny_model(out_dir, seed=cfg.seed, shape=SEEING_SHAPE)
+    build_tiny_model(out_dir, seed=cfg.seed, shape=shape)
     batcher = Batcher(out_dir)
     model = AutoModelForImageTextToText.from_pretrained(out_dir, dtype=torch.float32)
     rng = np.random.default_rng([PRETRAIN_SCENE_SEED, cfg.seed])
     scenes = _scenes(cfg, batcher, rng)
-    probe = VisionProbe(model, SEEING_SHAPE.text_hidden_size)
+    probe = VisionProbe(model, shape.text_hidden_size)
     optimizer = torch.optim.AdamW(
         [*model.parameters(), *probe.head.parameters()], lr=cfg.lr, weight_decay=0.0
     )
