@@ -8,7 +8,7 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,13 @@ def fine_tune(
     args: argparse.Namespace,
     step_loss: Callable[[], Any],
     measure: Callable[[int], dict[str, Any]],
+    extra_parameters: Sequence[Any] = (),
 ) -> tuple[list[dict[str, Any]], float]:
     """AdamW (no weight decay) with a linear warm-up over WARMUP_STEPS and cosine decay to a tenth
     of `args.lr`, gradients clipped to norm 1; `step_loss()` gives each step's loss. `measure`
     runs in eval mode before the first step and every `args.every` steps, its rows printed as
-    JSON lines. The rows (each with the loss of the step before it) and the training seconds."""
+    JSON lines; `extra_parameters` (a probe's head) train beside the model's. The rows (each
+    with the loss of the step before it) and the training seconds."""
     import torch
 
     def measured(step: int) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def fine_tune(
         return row
 
     curve, started = [measured(0)], time.perf_counter()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([*model.parameters(), *extra_parameters], lr=args.lr, weight_decay=0.0)
     model.train()
     for step in range(args.steps):
         warm = min(1.0, (step + 1) / WARMUP_STEPS)
@@ -65,6 +67,10 @@ def fine_tune(
 def write_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
     if args.out:
         args.out.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **result}, indent=2) + "\n",
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, **result},
+                indent=2,
+            )
+            + "\n",
             encoding="utf-8",
         )

@@ -16,6 +16,12 @@ prompt (mIoU, and how many different intervals it answered) and the same events 
 training phrasing. Beside them, what no model that ignores the video can beat: the mIoU of the
 best single interval for every question (searched on the 0.5 s grid, on the held-out answers
 themselves).
+
+`--fresh qwen3_vl` asks the other way: a fresh tiny model of that family (the seeing model's
+shape) trained from scratch on the same stream with pretraining's vision probe beside the
+answers (lr 1e-3, as `vidrl tiny-model --pretrain`). Qwen3-VL writes each temporal patch's time
+as text (`<3.0 seconds>`) before its tokens, so an answer in seconds can be copied from the
+prompt instead of read from a rotary index.
 """
 
 from __future__ import annotations
@@ -34,8 +40,11 @@ from vidrl.cluster.pretrain import (
     OPEN_VIDEOS,
     PRETRAIN_SCENE_SEED,
     SEEING_MODEL,
+    SEEING_SHAPE,
+    SEEING_VIDEO,
     Batcher,
     PretrainConfig,
+    VisionProbe,
     _scene,
     _test_samples,
     answer_loss,
@@ -43,12 +52,14 @@ from vidrl.cluster.pretrain import (
     open_question_scores,
 )
 from vidrl.data.answers import parse_interval
-from vidrl.data.perception import open_prompt, perception_questions, scene_clip
+from vidrl.data.perception import open_prompt, perception_questions, scene_clip, token_targets
 from vidrl.data.prompts import PromptConfig, render_prompt
 from vidrl.data.sample import Sample
 from vidrl.data.synth import Scene, ShapeTrack
+from vidrl.data.tiny import build_tiny_model
 from vidrl.data.video import Clip, decode_clip
 from vidrl.evaluation.metrics import blind_best, temporal_iou
+from vidrl.models import family_named
 
 PER_STEP = 16
 
@@ -70,20 +81,36 @@ def events(scene: Scene) -> list[ShapeTrack]:
     return [t for t in scene.tracks if t.behaviour != "static"]
 
 
-def items(batcher: Batcher, seed: int) -> Iterator[tuple[str, Clip, str]]:
-    """Endless (prompt, clip, answer) items, all the questions of each new scene in turn: its
-    grounding questions, then its open ones (multiple choice left out: it is at chance)."""
+def items(batcher: Batcher, seed: int) -> Iterator[tuple[tuple[str, Clip, str], np.ndarray]]:
+    """Endless ((prompt, clip, answer), the clip's probe targets) items, all the questions of each
+    new scene in turn: its grounding questions, then its open ones (multiple choice left out: it
+    is at chance)."""
     rng = np.random.default_rng([PRETRAIN_SCENE_SEED, seed, 11])
     templater, radius, index = batcher.inputs.processor, PretrainConfig().shape_radius, 0
     while True:
         scene = _scene(PRETRAIN_SCENE_SEED + seed + 2, index, radius)  # scenes stage 1 never drew
         index += 1
         clip = scene_clip(scene, batcher.inputs.video)
+        targets = token_targets(scene, clip, batcher.inputs.video.pixel_multiple or 28)
         for track in events(scene):
-            yield open_prompt(when_question(track), templater), clip, when_answer(track.interval)
+            yield (open_prompt(when_question(track), templater), clip, when_answer(track.interval)), targets
         for question in perception_questions(scene, templater, rng):
             if not question.kind.startswith("mcq"):
-                yield question.prompt, clip, question.answer
+                yield (question.prompt, clip, question.answer), targets
+
+
+class TextTimeBatcher(Batcher):
+    """The pretraining Batcher for a family that writes time as text (Qwen3-VL): its model reads
+    which tokens are video from `mm_token_type_ids` (2 for video) and takes no
+    `second_per_grid_ts`."""
+
+    def encode(self, items: Any) -> Any:
+        encoded = super().encode(items)
+        inputs = encoded.model_inputs
+        inputs.pop("second_per_grid_ts")
+        video = self.inputs.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        inputs["mm_token_type_ids"] = (inputs["input_ids"] == video).long() * 2
+        return encoded
 
 
 def greedy_intervals(
@@ -132,12 +159,24 @@ def main() -> None:
     from vidrl.cluster.pretrain import HELD_OUT_TEST_FRACTION, HELD_OUT_VIDEOS
     from vidrl.data.synth import _num_test
 
-    args = fine_tune_parser(__doc__.splitlines()[0]).parse_args()
+    parser = fine_tune_parser(__doc__.splitlines()[0])
+    parser.add_argument("--fresh", default=None, help="a family: train a fresh tiny model of it instead")
+    args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    batcher = Batcher(SEEING_MODEL)
-    model = AutoModelForImageTextToText.from_pretrained(SEEING_MODEL, dtype=torch.float32)
     cfg = PretrainConfig()
+    model_dir, video = SEEING_MODEL, SEEING_VIDEO
+    if args.fresh:
+        model_dir = Path(tempfile.mkdtemp(prefix=f"fresh-{args.fresh}-"))
+        build_tiny_model(model_dir, seed=args.seed, shape=SEEING_SHAPE, family=args.fresh)
+        # The same frames, resized to the family's merged patch (Qwen3-VL: 32 pixels, 4 x 3).
+        factor = family_named(args.fresh).resize_factor
+        video = SEEING_VIDEO.model_copy(
+            update={"pixel_multiple": factor, "max_pixels_per_frame": factor**2 * 12}
+        )
+    batcher = TextTimeBatcher(model_dir, video) if args.fresh == "qwen3_vl" else Batcher(model_dir, video)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    probe = VisionProbe(model, SEEING_SHAPE.text_hidden_size) if args.fresh else None
     data = held_out_data(Path(tempfile.mkdtemp(prefix="seeing-grounding-")), cfg)
     samples = [s for s in _test_samples(data) if s.task == "tvg"]
     clips = {video: decode_clip(video, batcher.inputs.video) for video in {s.video for s in samples}}
@@ -160,10 +199,15 @@ def main() -> None:
     stream = items(batcher, args.seed)
 
     def step_loss() -> Any:
-        encoded = batcher.encode([next(stream) for _ in range(PER_STEP)])
-        return answer_loss(model(**encoded.model_inputs).logits, encoded.labels)
+        batch = [next(stream) for _ in range(PER_STEP)]
+        encoded = batcher.encode([item for item, _ in batch])
+        loss = answer_loss(model(**encoded.model_inputs).logits, encoded.labels)
+        if probe is None:
+            return loss
+        return loss + cfg.probe_weight * probe.loss(np.concatenate([targets for _, targets in batch]))
 
-    curve, seconds = fine_tune(model, args, step_loss, measure)
+    head = list(probe.head.parameters()) if probe is not None else []  # trains with the model
+    curve, seconds = fine_tune(model, args, step_loss, measure, extra_parameters=head)
     write_result(args, {**header, "curve": curve, "seconds": seconds})
 
 
