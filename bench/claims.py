@@ -151,7 +151,7 @@ def run_seed(root: Path, data: SynthResult, ood: Sequence[Sample], seed: int) ->
     results: dict[str, dict[str, Any]] = {}
     finals: dict[str, str] = {"sft": sft}
 
-    def grpo(name: str, train_path: Path, *extra: str) -> None:
+    def run_arm(name: str, train_path: Path, *extra: str) -> None:
         overrides = [f"run_name={name}", f"data.train_path={train_path}", "trainer.sft_steps=0"]
         summary = train(base_config(root, Path(sft), data, seed, *overrides, *extra))
         if "checkpoint" in summary:  # a GRPO arm: its final model, evaluated after
@@ -161,18 +161,18 @@ def run_seed(root: Path, data: SynthResult, ood: Sequence[Sample], seed: int) ->
         if name == "dual":
             results["sft"] = summary["eval_before"]
 
-    grpo("dual", data.train_yaml)
-    grpo("sft_budget", data.train_yaml, *same_budget)
+    run_arm("dual", data.train_yaml)
+    run_arm("sft_budget", data.train_yaml, *same_budget)
     for name, rewards in REWARDS.items():
-        grpo(name, data.train_yaml, *rewards)
+        run_arm(name, data.train_yaml, *rewards)
     selection = run_select(base, root / "selection", model_path=sft, progress=False)
     chosen = load_samples(selection.selected, base.data)
     randomly = sorted(random.Random(seed).sample(full, len(chosen)), key=lambda s: s.id)
-    grpo("selected", selection.selected)
-    grpo("random", write_samples(root / "random.jsonl", randomly))
+    run_arm("selected", selection.selected)
+    run_arm("random", write_samples(root / "random.jsonl", randomly))
     tvg = write_samples(root / "tvg.jsonl", [s for s in full if s.task == "tvg"])
-    grpo("tvg_grpo", tvg)
-    grpo("tvg_sft", tvg, *same_budget)
+    run_arm("tvg_grpo", tvg)
+    run_arm("tvg_sft", tvg, *same_budget)
     ood_results = evaluate_models(base, finals, ood)
     return {
         arm: arm_metrics(

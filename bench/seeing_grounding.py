@@ -13,7 +13,7 @@ move?", answered `3.5 to 7.0` after `<answer>`) beside its open questions, 16 a 
 warm-up and cosine decay to a tenth, and measures by greedy decoding on the held-out mp4s of
 `vidrl tiny-model --pretrain`'s report: its 84 grounding questions asked in the evaluation's
 prompt (mIoU, and how many different intervals it answered) and the same events asked in the
-training phrasing. Beside them, what no model that ignores the video can beat: the mIoU of the
+training phrasing. Beside them, what a model that gives one fixed interval can reach at most: the mIoU of the
 best single interval for every question (searched on the 0.5 s grid, on the held-out answers
 themselves).
 

@@ -252,7 +252,7 @@ def _evaluate(report: DemoReport, cfg: RunConfig, base: Path, splits: dict[str, 
 
 def distinct_intervals(by_variant: dict[str, Any]) -> int:
     """How many different intervals a model answered to the split's grounding questions: one
-    answer for every video means it answers from the question alone, whatever its mIoU."""
+    answer for every video means it does not answer from the video, whatever its mIoU."""
     return len(
         {
             tuple(row["parsed"])

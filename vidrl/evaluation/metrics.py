@@ -62,9 +62,10 @@ def grounding_metrics(ious: Sequence[float]) -> dict[str, float | int]:
 
 def blind_best(truths: Sequence[Interval], longest: float, grid: float = 0.5) -> tuple[float, Interval]:
     """The best mIoU (percent) that one interval answered to every question reaches, and that
-    interval: the ceiling of a model that answers from the question alone, found over every
-    interval with ends on a `grid`-second grid in [0, longest]. Measured on the answers
-    themselves, so no blind model does better on them (up to the grid)."""
+    interval: the ceiling of a model that gives the same interval whatever the video and the
+    question, found over every interval with ends on a `grid`-second grid in [0, longest],
+    measured on the answers themselves. A model blind to the video but reading the question
+    (the event's kind) could still do better."""
     if not truths:
         return 0.0, (0.0, 0.0)
     ends = [i * grid for i in range(math.floor(longest / grid) + 1)]
